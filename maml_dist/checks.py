@@ -1,0 +1,124 @@
+"""Checks of user input that run before any compile, each failing with one clear sentence."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+
+import ml_collections
+
+
+class UserInputError(ValueError):
+    """Bad input from the command line or a config; the message says what and how to fix it."""
+
+
+_POSITIVE_INTS = (
+    "num_steps",
+    "meta_batch_size",
+    "shots",
+    "num_query",
+    "log_every",
+    "eval_every",
+    "checkpoint_every",
+    "max_to_keep",
+    "eval_tasks",
+)
+_NON_NEGATIVE_INTS = ("inner_steps", "eval_inner_steps")
+_POSITIVE_FLOATS = ("inner_lr", "meta_lr")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Checks types and ranges of the common config fields.
+
+    Raises:
+        UserInputError: naming the field, the bad value and what is allowed.
+    """
+    for name in _POSITIVE_INTS + _NON_NEGATIVE_INTS:
+        value = config[name]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserInputError(
+                f"config.{name} must be an integer, got {value!r}; "
+                f"pass e.g. --config.{name}=10"
+            )
+        lowest = 1 if name in _POSITIVE_INTS else 0
+        if value < lowest:
+            kind = "positive" if lowest else "non-negative"
+            raise UserInputError(
+                f"config.{name} must be a {kind} integer, got {value}; "
+                f"pass e.g. --config.{name}={max(lowest, 1)}"
+            )
+    for name in _POSITIVE_FLOATS:
+        value = config[name]
+        if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+            raise UserInputError(
+                f"config.{name} must be a positive finite number, got {value!r}; "
+                f"pass e.g. --config.{name}=0.001"
+            )
+    if config.grad_clip_norm < 0:
+        raise UserInputError(
+            f"config.grad_clip_norm must be >= 0 (0 disables clipping), got {config.grad_clip_norm}"
+        )
+
+
+def check_meta_batch(meta_batch_size: int, num_devices: int, pad: bool) -> None:
+    """Checks that the meta-batch can be split over the devices.
+
+    Raises:
+        UserInputError: if it does not divide and padding is off; the message lists the
+            nearest sizes that work and the padding switch.
+    """
+    if pad or meta_batch_size % num_devices == 0:
+        return
+    below = (meta_batch_size // num_devices) * num_devices
+    above = below + num_devices
+    options = " or ".join(str(s) for s in (below, above) if s > 0)
+    raise UserInputError(
+        f"config.meta_batch_size={meta_batch_size} does not divide by the {num_devices} "
+        f"devices; use a multiple of {num_devices} (e.g. {options}) or pass "
+        f"--config.pad_meta_batch=True to pad with masked tasks"
+    )
+
+
+def check_workdir_writable(workdir: str) -> None:
+    """Creates `workdir` if needed and checks that files can be written in it.
+
+    Raises:
+        UserInputError: if it cannot be created or written.
+    """
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test"):
+            pass
+    except OSError as e:
+        raise UserInputError(
+            f"workdir {workdir!r} is not writable ({e.strerror}); "
+            f"pass a --workdir you can write to"
+        ) from None
+
+
+# Fields that may change when a run is resumed: they do not change what is being trained.
+RESUMABLE_CHANGES = frozenset(
+    {"num_steps", "log_every", "eval_every", "checkpoint_every", "max_to_keep", "eval_tasks"}
+)
+
+
+def check_resume_compatible(saved: dict, config: ml_collections.ConfigDict) -> None:
+    """Checks that `config` continues the run whose resolved config was `saved`.
+
+    Raises:
+        UserInputError: naming the fields that differ, if any would change the training.
+    """
+    current = json.loads(config.to_json())
+    differing = sorted(
+        k for k in set(saved) | set(current)
+        if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)
+    )
+    if differing:
+        first = differing[0]
+        raise UserInputError(
+            f"this workdir holds a run with a different config ({', '.join(differing)}; "
+            f"e.g. {first}={saved.get(first)!r} there, {current.get(first)!r} now); use a "
+            f"new --workdir, or the saved values to resume"
+        )

@@ -1,0 +1,57 @@
+"""Pure pieces of meta-testing: fixed task sets, adaptation curves, confidence intervals."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from maml_dist import algorithms
+from maml_dist.tasks.base import TaskBatch, TaskFamily, stream_key, task_key
+
+
+def sample_tasks(
+    family: TaskFamily, seed: int, stream: int, num_tasks: int, shots: int, num_query: int
+) -> TaskBatch:
+    """A fixed set of `num_tasks` tasks of one stream; step index 0 of that stream."""
+
+    @jax.jit
+    def sample():
+        root = stream_key(seed, stream)
+        keys = jax.vmap(lambda i: task_key(root, 0, i))(jnp.arange(num_tasks))
+        return jax.vmap(lambda k: family.sample(k, shots, num_query))(keys)
+
+    return sample()
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+def adaptation_curves(
+    loss_fn: algorithms.LossFn, params, tasks: TaskBatch, lr: float, steps: int
+) -> jax.Array:
+    """Query loss of every task after 0..steps inner steps: shape (num_tasks, steps + 1)."""
+    return jax.vmap(lambda t: algorithms.adaptation_curve(loss_fn, params, t, lr, steps))(tasks)
+
+
+def mean_and_ci95(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over axis 0 and the normal-approximation 95% half-width 1.96 * std / sqrt(n).
+
+    std is the sample standard deviation (ddof=1).
+    """
+    values = np.asarray(values, np.float64)
+    n = values.shape[0]
+    std = values.std(axis=0, ddof=1) if n > 1 else np.zeros(values.shape[1:])
+    return values.mean(axis=0), 1.96 * std / np.sqrt(n)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 4, 5))
+def adapted_predictions(
+    model, loss_fn: algorithms.LossFn, params, task: TaskBatch, lr: float, steps: int, grid
+):
+    """Predictions on `grid` before and after `steps` inner steps on one task's support set."""
+    inner = algorithms.InnerConfig(lr=lr, steps=steps, first_order=True)
+    adapted = algorithms.adapt(loss_fn, params, task.support_x, task.support_y, inner)
+    before = model.apply({"params": params}, grid)
+    after = model.apply({"params": adapted}, grid)
+    return before, after

@@ -1,0 +1,64 @@
+"""Matplotlib figures: adaptation snapshots for TensorBoard, meta-test curves and fits."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: no display on servers or CI
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _to_rgb(fig) -> np.ndarray:
+    fig.canvas.draw()
+    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return image
+
+
+def _draw_fit(ax, x, y_true, support_x, support_y, before, after, steps: int) -> None:
+    order = np.argsort(x)
+    ax.plot(x[order], y_true[order], color="tab:red", label="ground truth")
+    ax.plot(x[order], before[order], ":", color="tab:green", label="pre-update")
+    ax.plot(x[order], after[order], "--", color="tab:green", label=f"{steps} grad step(s)")
+    ax.scatter(support_x, support_y, marker="^", color="tab:purple", zorder=3, label="support")
+
+
+def adaptation_image(x, y_true, support_x, support_y, before, after, steps: int) -> np.ndarray:
+    """Paper-style figure of one task as an (H, W, 3) uint8 image for TensorBoard."""
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=80)
+    _draw_fit(ax, x, y_true, support_x, support_y, before, after, steps)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return _to_rgb(fig)
+
+
+def save_curves(path: str, results: list[dict], metric: str) -> None:
+    """Saves metric (mean with 95% CI band) against inner steps, one line per shot count."""
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
+    for r in results:
+        steps, mean, ci = (np.asarray(r[k]) for k in ("inner_steps", "mean", "ci95"))
+        ax.plot(steps, mean, marker="o", ms=3, label=f"K={r['shots']}")
+        ax.fill_between(steps, mean - ci, mean + ci, alpha=0.2)
+    ax.set_xlabel("inner gradient steps")
+    ax.set_ylabel(f"query {metric}")
+    if metric == "mse":
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def save_example_fits(path: str, examples: list[dict]) -> None:
+    """Saves a row of example fits; each example holds the `_draw_fit` arrays."""
+    fig, axes = plt.subplots(1, len(examples), figsize=(4 * len(examples), 3.2), dpi=100)
+    for ax, ex in zip(np.atleast_1d(axes), examples, strict=True):
+        _draw_fit(ax, **ex)
+        ax.set_title(f"K={len(ex['support_x'])}")
+    np.atleast_1d(axes)[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

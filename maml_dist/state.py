@@ -1,0 +1,53 @@
+"""Training state and its construction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import struct
+
+
+@struct.dataclass
+class TrainState:
+    """Everything a meta-training run needs to continue exactly where it stopped.
+
+    No RNG is kept: the tasks of step s are a pure function of (seed, s, task index), so
+    `step` alone fixes the data stream on resume.
+
+    Attributes:
+        step: number of meta-updates applied so far (int32 scalar).
+        params: meta-parameters theta_0.
+        opt_state: the meta-optimiser's state.
+    """
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def make_meta_optimizer(
+    config: ml_collections.ConfigDict,
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """Adam on the meta-gradient, optionally after global-norm clipping.
+
+    Returns:
+        (transform, schedule): the optax transform and its learning-rate schedule, which the
+        trainer logs.
+    """
+    schedule = optax.constant_schedule(config.meta_lr)
+    adam = optax.adam(schedule)
+    if config.grad_clip_norm > 0:
+        return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adam), schedule
+    return adam, schedule
+
+
+def create_train_state(
+    model, example_input: jax.Array, tx: optax.GradientTransformation, seed: int
+) -> TrainState:
+    """Initialises the meta-parameters from `seed` and the optimiser state (traceable)."""
+    params = model.init(jax.random.key(seed), example_input)["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))

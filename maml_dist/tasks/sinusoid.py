@@ -1,0 +1,63 @@
+"""Sinusoid regression tasks of Finn et al. (2017), section 5.1."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from maml_dist import models
+from maml_dist.tasks.base import TaskBatch
+
+
+class Sinusoid:
+    """y = A sin(x + phi) with A ~ U[amp], phi ~ U[phase], x ~ U[x_range].
+
+    The paper's ranges are A in [0.1, 5.0], phi in [0, pi], x in [-5, 5].
+    """
+
+    name = "sinusoid"
+    metric = "mse"
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        """Reads `config.sinusoid` (ranges) and `config.model` (hidden sizes)."""
+        self.amp_range = tuple(config.sinusoid.amp_range)
+        self.phase_range = tuple(config.sinusoid.phase_range)
+        self.x_range = tuple(config.sinusoid.x_range)
+        self.hidden_sizes = tuple(config.model.hidden_sizes)
+        self.init_stddev = config.model.init_stddev
+
+    def sample_function(self, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Samples the amplitude and phase of one task."""
+        k_amp, k_phase = jax.random.split(key)
+        amp = jax.random.uniform(k_amp, (), minval=self.amp_range[0], maxval=self.amp_range[1])
+        phase = jax.random.uniform(
+            k_phase, (), minval=self.phase_range[0], maxval=self.phase_range[1]
+        )
+        return amp, phase
+
+    def sample(self, key: jax.Array, shots: int, num_query: int) -> TaskBatch:
+        """Samples one task: `shots` support points and `num_query` query points."""
+        k_fn, k_x = jax.random.split(key)
+        amp, phase = self.sample_function(k_fn)
+        x = jax.random.uniform(
+            k_x, (shots + num_query, 1), minval=self.x_range[0], maxval=self.x_range[1]
+        )
+        y = amp * jnp.sin(x + phase)
+        return TaskBatch(
+            support_x=x[:shots], support_y=y[:shots], query_x=x[shots:], query_y=y[shots:]
+        )
+
+    def make_model(self) -> models.MLP:
+        """The paper's regressor: 1 -> 40 -> 40 -> 1 with ReLU."""
+        return models.MLP(
+            hidden_sizes=self.hidden_sizes, out_features=1, init_stddev=self.init_stddev
+        )
+
+    def loss(self, predictions: jax.Array, targets: jax.Array) -> jax.Array:
+        """Mean (not summed) squared error."""
+        return jnp.mean(jnp.square(predictions - targets))
+
+    def example_input(self) -> jax.Array:
+        """One scalar input."""
+        return jnp.zeros((1, 1), jnp.float32)

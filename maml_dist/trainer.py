@@ -1,0 +1,165 @@
+"""The one impure loop: init or restore, dispatch chunks of steps, eval, log, checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import ml_collections
+from absl import logging
+
+from maml_dist import algorithms, checks, parallel, tasks
+from maml_dist import state as state_lib
+from maml_dist.checkpointing import Checkpointer
+from maml_dist.metrics import MetricWriter
+from maml_dist.monitor import Monitor
+
+
+def check_inputs(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """All user-input checks, before any compile or any write to the workdir's run files.
+
+    Raises:
+        checks.UserInputError: with one sentence naming the problem and the fix.
+    """
+    checks.validate_config(config)
+    tasks.make_task_family(config)  # unknown task names fail here
+    checks.check_meta_batch(config.meta_batch_size, jax.device_count(), config.pad_meta_batch)
+    checks.check_workdir_writable(workdir)
+    saved = os.path.join(workdir, "config.json")
+    if os.path.exists(saved):
+        with open(saved) as f:
+            checks.check_resume_compatible(json.load(f), config)
+
+
+def chunk_end(step: int, config: ml_collections.ConfigDict) -> int:
+    """The next step at which the host must act (log, eval, checkpoint or finish)."""
+    intervals = (config.log_every, config.eval_every, config.checkpoint_every)
+    return min([(step // k + 1) * k for k in intervals] + [config.num_steps])
+
+
+def _is_multiple(step: int, every: int, config) -> bool:
+    return step % every == 0 or step == config.num_steps
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainState:
+    """Meta-trains per `config` in `workdir`, resuming from its latest checkpoint.
+
+    Returns:
+        The final TrainState.
+    """
+    check_inputs(config, workdir)
+    is_main = jax.process_index() == 0
+    mesh = parallel.make_mesh()
+    family = tasks.make_task_family(config)
+    model = family.make_model()
+    loss_fn = algorithms.make_loss_fn(model, family.loss)
+
+    def sample_fn(key):
+        return family.sample(key, config.shots, config.num_query)
+
+    tx, schedule = state_lib.make_meta_optimizer(config)
+    replicated = parallel.replicated(mesh)
+    init = jax.jit(
+        lambda: state_lib.create_train_state(model, family.example_input(), tx, config.seed),
+        out_shardings=replicated,
+    )
+    state = init()
+
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.max_to_keep)
+    latest = ckpt.latest_step()
+    if latest is not None:
+        state = ckpt.restore(latest, state)
+        logging.info("Resumed from checkpoint at step %d.", latest)
+    step = int(jax.device_get(state.step))
+    if is_main:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json(indent=2))
+    writer = MetricWriter(workdir, is_main, resume_step=step)
+    monitor = Monitor(config, family, model, loss_fn, replicated)
+
+    meta_grad_fn = parallel.make_config_meta_grad_fn(config, loss_fn, sample_fn, mesh)
+    run = parallel.make_multi_step(parallel.make_train_step(meta_grad_fn, tx))
+    layout = parallel.TaskLayout(config.meta_batch_size, mesh.shape[parallel.AXIS])
+    logging.info(
+        "Training %s for %d steps on %d device(s): meta-batch %d (%d per device, %d padded).",
+        config.task, config.num_steps, layout.num_devices, config.meta_batch_size,
+        layout.per_device, layout.padded_size - config.meta_batch_size,
+    )
+
+    clock = _Clock(step)
+    pending = None
+    while step < config.num_steps:
+        end = chunk_end(step, config)
+        state, metrics = run(state, end - step)
+        if pending is not None:
+            # Blocks on the previous chunk only: at most two chunks are ever in flight
+            # (DESIGN.md §5.2), and the host logs while the device computes.
+            _report(writer, clock, config, schedule, *pending)
+        extra = {}
+        with clock.paused():
+            if _is_multiple(end, config.checkpoint_every, config):
+                ckpt.save(end, state, force=end == config.num_steps)
+            if _is_multiple(end, config.eval_every, config):
+                extra = monitor.scalars(state.params)
+                writer.write_image(end, "eval/adaptation", monitor.image(state.params))
+        pending = (end, metrics, extra)
+        step = end
+    if pending is not None:
+        _report(writer, clock, config, schedule, *pending)
+    ckpt.close()
+    writer.close()
+    return state
+
+
+class _Clock:
+    """Training throughput, excluding time spent in eval and checkpointing."""
+
+    def __init__(self, step: int):
+        self.step, self.time, self.excluded, self.start = step, time.perf_counter(), 0.0, step
+        self.started = self.time
+
+    def paused(self):
+        """Context in which elapsed time is not counted as training."""
+        clock = self
+
+        class _Paused:
+            def __enter__(self):
+                self.t = time.perf_counter()
+
+            def __exit__(self, *exc):
+                clock.excluded += time.perf_counter() - self.t
+
+        return _Paused()
+
+    def lap(self, step: int) -> float:
+        """Seconds of training since the previous lap, which ended at `self.step`."""
+        now = time.perf_counter()
+        seconds = max(now - self.time - self.excluded, 1e-9)
+        self.step, self.time, self.excluded = step, now, 0.0
+        return seconds
+
+
+def _report(writer, clock, config, schedule, end, metrics, extra) -> None:
+    """Writes the records of a finished chunk: the last step's metrics plus throughput."""
+    if not (_is_multiple(end, config.log_every, config) or extra):
+        return
+    last = {k: float(v[-1]) for k, v in jax.device_get(metrics).items()}
+    steps = end - clock.step
+    seconds = clock.lap(end)
+    scalars = {
+        **last,
+        "learning_rate": float(schedule(end)),
+        "tasks_per_sec": steps * config.meta_batch_size / seconds,
+        "sec_per_step": seconds / steps,
+        **extra,
+    }
+    writer.write_scalars(end, scalars)
+    total = time.perf_counter() - clock.started
+    eta = total / max(end - clock.start, 1) * (config.num_steps - end)
+    logging.info(
+        "step %d/%d  meta_loss %.4f  (before adaptation %.4f)  %.0f tasks/s  ETA %s",
+        end, config.num_steps, last["meta_loss"], last["loss_before"],
+        scalars["tasks_per_sec"], time.strftime("%H:%M:%S", time.gmtime(eta)),
+    )
