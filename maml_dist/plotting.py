@@ -6,8 +6,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: no display on servers or CI
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 
 def _to_rgb(fig) -> np.ndarray:

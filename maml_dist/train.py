@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging as std_logging
 import sys
 
 from absl import app, flags, logging
@@ -22,7 +23,7 @@ class _QuietLibraries:
     """Drops INFO chatter of orbax (dozens of lines per save) from the progress log."""
 
     def filter(self, record) -> bool:
-        return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
+        return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
 
 
 def main(argv):
@@ -30,11 +31,11 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.get_absl_handler().addFilter(_QuietLibraries())
-    import jax  # noqa: PLC0415 (device flags must be set before the backend starts)
+    import jax
 
     if _CPU_DEVICES.value is not None:
         jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)
-    from maml_dist import checks, trainer  # noqa: PLC0415
+    from maml_dist import checks, trainer
 
     logging.info("JAX %s: %d device(s): %s", jax.__version__, jax.device_count(), jax.devices())
     try:
