@@ -10,10 +10,10 @@ parameters.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-import chex
 import jax
 import jax.numpy as jnp
 
@@ -24,9 +24,9 @@ Params = Any
 LossFn = Callable[[Params, jax.Array, jax.Array], jax.Array]
 
 
-@chex.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class InnerConfig:
-    """Static settings of the inner loop.
+    """Static (hashable, never traced) settings of the inner loop.
 
     Attributes:
         lr: inner SGD step size (alpha).

@@ -39,8 +39,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         value = config[name]
         if isinstance(value, bool) or not isinstance(value, int):
             raise UserInputError(
-                f"config.{name} must be an integer, got {value!r}; "
-                f"pass e.g. --config.{name}=10"
+                f"config.{name} must be an integer, got {value!r}; pass e.g. --config.{name}=10"
             )
         lowest = 1 if name in _POSITIVE_INTS else 0
         if value < lowest:
@@ -93,8 +92,7 @@ def check_workdir_writable(workdir: str) -> None:
             pass
     except OSError as e:
         raise UserInputError(
-            f"workdir {workdir!r} is not writable ({e.strerror}); "
-            f"pass a --workdir you can write to"
+            f"workdir {workdir!r} is not writable ({e.strerror}); pass a --workdir you can write to"
         ) from None
 
 
@@ -112,7 +110,8 @@ def check_resume_compatible(saved: dict, config: ml_collections.ConfigDict) -> N
     """
     current = json.loads(config.to_json())
     differing = sorted(
-        k for k in set(saved) | set(current)
+        k
+        for k in set(saved) | set(current)
         if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)
     )
     if differing:

@@ -33,7 +33,11 @@ class Monitor:
 
         self.tasks = place(
             meta_test.sample_tasks(
-                family, config.seed, VALIDATION_STREAM, config.eval_tasks, config.shots,
+                family,
+                config.seed,
+                VALIDATION_STREAM,
+                config.eval_tasks,
+                config.shots,
                 config.num_query,
             )
         )
@@ -58,6 +62,11 @@ class Monitor:
         )
         task, before, after = jax.device_get((task, before, after))
         return plotting.adaptation_image(
-            task.query_x[:, 0], task.query_y[:, 0], task.support_x[:, 0], task.support_y[:, 0],
-            before[:, 0], after[:, 0], self.train_steps,
+            task.query_x[:, 0],
+            task.query_y[:, 0],
+            task.support_x[:, 0],
+            task.support_y[:, 0],
+            before[:, 0],
+            after[:, 0],
+            self.train_steps,
         )

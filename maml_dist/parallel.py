@@ -135,9 +135,7 @@ def reference_meta_grads(
 ):
     """Unsharded reference: the whole meta-batch on one device with `vmap`."""
     indices = jnp.arange(meta_batch_size)
-    return local_meta_grads(
-        loss_fn, sample_fn, inner, meta_batch_size, seed, params, step, indices
-    )
+    return local_meta_grads(loss_fn, sample_fn, inner, meta_batch_size, seed, params, step, indices)
 
 
 def make_train_step(meta_grad_fn: Callable, tx: optax.GradientTransformation) -> Callable:
@@ -147,7 +145,7 @@ def make_train_step(meta_grad_fn: Callable, tx: optax.GradientTransformation) ->
         grads, metrics = meta_grad_fn(state.params, state.step)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {**metrics, "grad_norm": optax.global_norm(grads)}
+        metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step

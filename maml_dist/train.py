@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import logging as std_logging
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from maml_dist import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to an ml_collections config file.", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, config.json.")
 _CPU_DEVICES = flags.DEFINE_integer(
-    "cpu_devices", None,
+    "cpu_devices",
+    None,
     "Split the CPU into this many XLA devices (to try sharding without accelerators).",
 )
 flags.mark_flags_as_required(["config", "workdir"])
+_PROG = "maml_dist.train"
 
 
 class _QuietLibraries:
@@ -41,9 +44,8 @@ def main(argv):
     try:
         trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except checks.UserInputError as e:
-        print(f"maml_dist.train: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        cli.fail(_PROG, str(e))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.make_flags_parser(_PROG))

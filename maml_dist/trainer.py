@@ -17,7 +17,7 @@ from maml_dist.metrics import MetricWriter
 from maml_dist.monitor import Monitor
 
 
-def check_inputs(config: ml_collections.ConfigDict, workdir: str) -> None:
+def check_inputs(config: ml_collections.ConfigDict, workdir: str, num_devices: int) -> None:
     """All user-input checks, before any compile or any write to the workdir's run files.
 
     Raises:
@@ -25,7 +25,7 @@ def check_inputs(config: ml_collections.ConfigDict, workdir: str) -> None:
     """
     checks.validate_config(config)
     tasks.make_task_family(config)  # unknown task names fail here
-    checks.check_meta_batch(config.meta_batch_size, jax.device_count(), config.pad_meta_batch)
+    checks.check_meta_batch(config.meta_batch_size, num_devices, config.pad_meta_batch)
     checks.check_workdir_writable(workdir)
     saved = os.path.join(workdir, "config.json")
     if os.path.exists(saved):
@@ -43,15 +43,23 @@ def _is_multiple(step: int, every: int, config) -> bool:
     return step % every == 0 or step == config.num_steps
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state_lib.TrainState:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, devices: list | None = None
+) -> state_lib.TrainState:
     """Meta-trains per `config` in `workdir`, resuming from its latest checkpoint.
+
+    Args:
+        config: a config like those of `configs/`.
+        workdir: the run directory (see README, "The workdir").
+        devices: devices of the task mesh; default all devices of all processes.
 
     Returns:
         The final TrainState.
     """
-    check_inputs(config, workdir)
+    devices = jax.devices() if devices is None else devices
+    check_inputs(config, workdir, len(devices))
     is_main = jax.process_index() == 0
-    mesh = parallel.make_mesh()
+    mesh = parallel.make_mesh(devices)
     family = tasks.make_task_family(config)
     model = family.make_model()
     loss_fn = algorithms.make_loss_fn(model, family.loss)
@@ -84,8 +92,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     layout = parallel.TaskLayout(config.meta_batch_size, mesh.shape[parallel.AXIS])
     logging.info(
         "Training %s for %d steps on %d device(s): meta-batch %d (%d per device, %d padded).",
-        config.task, config.num_steps, layout.num_devices, config.meta_batch_size,
-        layout.per_device, layout.padded_size - config.meta_batch_size,
+        config.task,
+        config.num_steps,
+        layout.num_devices,
+        config.meta_batch_size,
+        layout.per_device,
+        layout.padded_size - config.meta_batch_size,
     )
 
     clock = _Clock(step)
@@ -98,10 +110,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
             # (DESIGN.md §5.2), and the host logs while the device computes.
             _report(writer, clock, config, schedule, *pending)
         extra = {}
+        checkpoint_now = _is_multiple(end, config.checkpoint_every, config)
+        eval_now = _is_multiple(end, config.eval_every, config)
+        if checkpoint_now or eval_now:
+            # The chunk's own compute counts as training; only what follows is excluded.
+            jax.block_until_ready(state)
         with clock.paused():
-            if _is_multiple(end, config.checkpoint_every, config):
+            if checkpoint_now:
                 ckpt.save(end, state, force=end == config.num_steps)
-            if _is_multiple(end, config.eval_every, config):
+            if eval_now:
                 extra = monitor.scalars(state.params)
                 writer.write_image(end, "eval/adaptation", monitor.image(state.params))
         pending = (end, metrics, extra)
@@ -160,6 +177,10 @@ def _report(writer, clock, config, schedule, end, metrics, extra) -> None:
     eta = total / max(end - clock.start, 1) * (config.num_steps - end)
     logging.info(
         "step %d/%d  meta_loss %.4f  (before adaptation %.4f)  %.0f tasks/s  ETA %s",
-        end, config.num_steps, last["meta_loss"], last["loss_before"],
-        scalars["tasks_per_sec"], time.strftime("%H:%M:%S", time.gmtime(eta)),
+        end,
+        config.num_steps,
+        last["meta_loss"],
+        last["loss_before"],
+        scalars["tasks_per_sec"],
+        time.strftime("%H:%M:%S", time.gmtime(eta)),
     )

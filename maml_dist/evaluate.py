@@ -1,0 +1,46 @@
+"""Entry point: `python -m maml_dist.evaluate --workdir=DIR [--step=N] ...`."""
+
+from __future__ import annotations
+
+from absl import app, flags
+
+from maml_dist import cli
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by maml_dist.train.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: latest).")
+_NUM_TASKS = flags.DEFINE_integer("num_tasks", 600, "Test tasks per K.")
+_SHOTS = flags.DEFINE_list("shots", ["5", "10", "20"], "Support-set sizes K to test.")
+_MAX_INNER = flags.DEFINE_integer("max_inner_steps", 10, "Report after 0..N inner steps.")
+_SEED = flags.DEFINE_integer("seed", None, "Seed of the test tasks (default: the run's seed).")
+_NUM_QUERY = flags.DEFINE_integer("num_query", 100, "Query points scored per test task.")
+flags.mark_flag_as_required("workdir")
+_PROG = "maml_dist.evaluate"
+
+
+def main(argv):
+    """Restores, meta-tests, prints the table and writes DIR/eval/."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from maml_dist import checks, evaluator
+
+    try:
+        shots = tuple(int(s) for s in _SHOTS.value)
+    except ValueError:
+        cli.fail(_PROG, f"--shots must be integers, got {_SHOTS.value}; pass e.g. --shots=5,10,20")
+    try:
+        report = evaluator.evaluate(
+            _WORKDIR.value,
+            _STEP.value,
+            _NUM_TASKS.value,
+            shots,
+            _MAX_INNER.value,
+            _SEED.value,
+            _NUM_QUERY.value,
+        )
+    except checks.UserInputError as e:
+        cli.fail(_PROG, str(e))
+    print(evaluator.format_table(report))
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=cli.make_flags_parser(_PROG))
