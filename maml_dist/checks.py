@@ -9,6 +9,8 @@ import tempfile
 
 import ml_collections
 
+from maml_dist.parallel import BATCHINGS, REDUCTIONS
+
 
 class UserInputError(ValueError):
     """Bad input from the command line or a config; the message says what and how to fix it."""
@@ -54,6 +56,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             raise UserInputError(
                 f"config.{name} must be a positive finite number, got {value!r}; "
                 f"pass e.g. --config.{name}=0.001"
+            )
+    for name, allowed in (("task_batching", BATCHINGS), ("reduction", REDUCTIONS)):
+        if config[name] not in allowed:
+            raise UserInputError(
+                f"config.{name} must be one of {', '.join(map(repr, allowed))}, got "
+                f"{config[name]!r}; pass e.g. --config.{name}={allowed[0]}"
             )
     if config.grad_clip_norm < 0:
         raise UserInputError(

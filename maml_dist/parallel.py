@@ -1,4 +1,4 @@
-"""Mesh, meta-batch layout and the sharded train step (`shard_map` + one fused `psum`)."""
+"""Mesh, meta-batch layout and the sharded train step (`shard_map` + one flat `psum`)."""
 
 from __future__ import annotations
 
@@ -64,50 +64,86 @@ def task_weights(indices: jax.Array, meta_batch_size: int) -> jax.Array:
     return jnp.where(indices < meta_batch_size, 1.0 / meta_batch_size, 0.0)
 
 
-def local_meta_grads(
-    loss_fn: algorithms.LossFn,
-    sample_fn: SampleFn,
-    inner: algorithms.InnerConfig,
-    meta_batch_size: int,
-    seed: int,
-    params,
-    step: jax.Array,
-    indices: jax.Array,
-):
-    """Meta-gradient contribution of the tasks with global indices `indices` at `step`.
+BATCHINGS = ("vmap", "loop")
+REDUCTIONS = ("sum", "ordered")
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaBatch:
+    """What one meta-step computes, independent of how it is laid over devices.
+
+    Attributes:
+        loss_fn: per-task loss `loss_fn(params, x, y)`.
+        sample_fn: task sampler `key -> TaskBatch` (one task).
+        inner: inner-loop settings.
+        meta_batch_size: real tasks per meta-step (padding excluded).
+        seed: the run's seed; tasks come from its training stream.
+        batching: how a device runs its tasks: "vmap" (one batched program) or "loop"
+            (`lax.map`, one task at a time). XLA:CPU runs batched per-task conv weights
+            as slow grouped convolutions (DESIGN.md §5.8); "loop" also makes each task's
+            numbers independent of how many tasks share a device.
+        reduction: "sum" adds each device's tasks, then the devices (one psum of a
+            parameter-sized buffer); "ordered" gathers every task's terms and adds them in
+            global task order on every device (a meta_batch x parameters psum), which with
+            "loop" makes results bit-identical for any device or process count.
+    """
+
+    loss_fn: algorithms.LossFn
+    sample_fn: SampleFn
+    inner: algorithms.InnerConfig
+    meta_batch_size: int
+    seed: int
+    batching: str = "vmap"
+    reduction: str = "sum"
+
+
+def task_terms(spec: MetaBatch, params, step: jax.Array, indices: jax.Array) -> jax.Array:
+    """Per-task meta-gradient and losses of the tasks `indices` (global) of meta-step `step`.
 
     Returns:
-        (grads, metrics): sums weighted by 1/meta_batch_size, to be summed over devices.
+        (len(indices), num_params + 2): each row is [flat meta-gradient, loss after
+        adaptation, loss before adaptation], unweighted.
     """
-    root = stream_key(seed, TRAIN_STREAM)
-    tasks = jax.vmap(lambda i: sample_fn(task_key(root, step, i)))(indices)
-    weights = task_weights(indices, meta_batch_size)
-    (loss, aux), grads = jax.value_and_grad(algorithms.meta_objective, argnums=1, has_aux=True)(
-        loss_fn, params, tasks, weights, inner
-    )
-    return grads, {"meta_loss": loss, **aux}
+    root = stream_key(spec.seed, TRAIN_STREAM)
+
+    def one(index):
+        task = spec.sample_fn(task_key(root, step, index))
+
+        def objective(p):
+            return algorithms.task_losses(spec.loss_fn, p, task, spec.inner)
+
+        (after, before), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        return jnp.concatenate([ravel_pytree(grads)[0], jnp.stack([after, before])])
+
+    if spec.batching == "loop":
+        return jax.lax.map(one, indices)
+    return jax.vmap(one)(indices)
 
 
-def fused_psum(tree, axis_name: str):
-    """`psum` of a whole pytree as one flat buffer: one collective instead of one per leaf."""
-    flat, unravel = ravel_pytree(tree)
-    return unravel(jax.lax.psum(flat, axis_name))
+def ordered_sum(rows: jax.Array) -> jax.Array:
+    """Sum over axis 0 strictly in row order (a scan), so no compiler choice changes it.
+
+    `jnp.sum` leaves the association to XLA, which may pick another reduction tree when the
+    surrounding program (device count, fusion) changes.
+    """
+    total, _ = jax.lax.scan(lambda acc, row: (acc + row, None), jnp.zeros_like(rows[0]), rows)
+    return total
 
 
-def make_meta_grad_fn(
-    loss_fn: algorithms.LossFn,
-    sample_fn: SampleFn,
-    inner: algorithms.InnerConfig,
-    meta_batch_size: int,
-    seed: int,
-    mesh: jax.sharding.Mesh,
-) -> Callable:
+def _unpack(params, total: jax.Array):
+    """Splits a reduced [gradient, loss after, loss before] row back into (grads, metrics)."""
+    unravel = ravel_pytree(params)[1]
+    n = total.shape[0] - 2
+    return unravel(total[:n]), {"meta_loss": total[n], "loss_before": total[n + 1]}
+
+
+def make_meta_grad_fn(spec: MetaBatch, mesh: jax.sharding.Mesh) -> Callable:
     """Returns `(params, step) -> (grads, metrics)`, the meta-batch split over `mesh`.
 
-    Each device samples and adapts to its own slice of the global meta-batch; the weighted
-    gradient sums are combined with one fused `psum`.
+    Each device samples and adapts to its own slice of the global meta-batch; gradients and
+    losses travel in one flat buffer, so each step makes a single collective (DESIGN.md §5.7).
     """
-    layout = TaskLayout(meta_batch_size, mesh.shape[AXIS])
+    layout = TaskLayout(spec.meta_batch_size, mesh.shape[AXIS])
 
     def body(params, step):
         # Without this, jax.grad w.r.t. replicated params inside shard_map returns the
@@ -116,26 +152,37 @@ def make_meta_grad_fn(
         params = jax.lax.pcast(params, AXIS, to="varying")
         first = jax.lax.axis_index(AXIS) * layout.per_device
         indices = first + jnp.arange(layout.per_device)
-        grads, metrics = local_meta_grads(
-            loss_fn, sample_fn, inner, meta_batch_size, seed, params, step, indices
+        terms = task_weights(indices, spec.meta_batch_size)[:, None] * task_terms(
+            spec, params, step, indices
         )
-        return fused_psum((grads, metrics), AXIS)
+        if spec.reduction == "ordered":
+            # Place this device's rows at their global positions; the psum then adds only
+            # zeros to them, so it is an exact gather, and every device sums the same rows
+            # in the same order whatever the device count.
+            rows = jnp.zeros((layout.padded_size, terms.shape[1]), terms.dtype)
+            rows = jax.lax.dynamic_update_slice(rows, terms, (first, 0))
+            total = ordered_sum(jax.lax.psum(rows, AXIS)[: spec.meta_batch_size])
+        else:
+            total = jax.lax.psum(jnp.sum(terms, axis=0), AXIS)
+        return _unpack(params, total)
 
     return jax.shard_map(body, mesh=mesh, in_specs=(P(), P()), out_specs=(P(), P()))
 
 
-def reference_meta_grads(
-    loss_fn: algorithms.LossFn,
-    sample_fn: SampleFn,
-    inner: algorithms.InnerConfig,
-    meta_batch_size: int,
-    seed: int,
-    params,
-    step,
-):
-    """Unsharded reference: the whole meta-batch on one device with `vmap`."""
-    indices = jnp.arange(meta_batch_size)
-    return local_meta_grads(loss_fn, sample_fn, inner, meta_batch_size, seed, params, step, indices)
+def reference_meta_grads(spec: MetaBatch, params, step):
+    """Unsharded reference: `jax.grad` of the meta-objective over the whole meta-batch.
+
+    Written from `algorithms.meta_objective` directly (not from `task_terms`), so the
+    sharded path is checked against an independent formulation.
+    """
+    root = stream_key(spec.seed, TRAIN_STREAM)
+    indices = jnp.arange(spec.meta_batch_size)
+    tasks = jax.vmap(lambda i: spec.sample_fn(task_key(root, step, i)))(indices)
+    weights = task_weights(indices, spec.meta_batch_size)
+    (loss, aux), grads = jax.value_and_grad(algorithms.meta_objective, argnums=1, has_aux=True)(
+        spec.loss_fn, params, tasks, weights, spec.inner
+    )
+    return grads, {"meta_loss": loss, **aux}
 
 
 def make_train_step(meta_grad_fn: Callable, tx: optax.GradientTransformation) -> Callable:
@@ -143,6 +190,10 @@ def make_train_step(meta_grad_fn: Callable, tx: optax.GradientTransformation) ->
 
     def train_step(state: TrainState):
         grads, metrics = meta_grad_fn(state.params, state.step)
+        # Keeps XLA from fusing the update into the gradient computation: fusion (and so
+        # FMA contraction) there depends on the device count, and would break the
+        # bit-identity that task_batching="loop" + reduction="ordered" promise.
+        grads = jax.lax.optimization_barrier(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
@@ -165,12 +216,16 @@ def make_multi_step(train_step: Callable) -> Callable:
     return run
 
 
-def make_config_meta_grad_fn(
-    config: ml_collections.ConfigDict, loss_fn, sample_fn, mesh
-) -> Callable:
-    """`make_meta_grad_fn` with the settings read from a config."""
-    return make_meta_grad_fn(
-        loss_fn, sample_fn, inner_config(config), config.meta_batch_size, config.seed, mesh
+def meta_batch_spec(config: ml_collections.ConfigDict, loss_fn, sample_fn) -> MetaBatch:
+    """The MetaBatch a config describes."""
+    return MetaBatch(
+        loss_fn=loss_fn,
+        sample_fn=sample_fn,
+        inner=inner_config(config),
+        meta_batch_size=config.meta_batch_size,
+        seed=config.seed,
+        batching=config.task_batching,
+        reduction=config.reduction,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -87,7 +88,9 @@ def train_and_evaluate(
     writer = MetricWriter(workdir, is_main, resume_step=step)
     monitor = Monitor(config, family, model, loss_fn, replicated)
 
-    meta_grad_fn = parallel.make_config_meta_grad_fn(config, loss_fn, sample_fn, mesh)
+    meta_grad_fn = parallel.make_meta_grad_fn(
+        parallel.meta_batch_spec(config, loss_fn, sample_fn), mesh
+    )
     run = parallel.make_multi_step(parallel.make_train_step(meta_grad_fn, tx))
     layout = parallel.TaskLayout(config.meta_batch_size, mesh.shape[parallel.AXIS])
     logging.info(
@@ -134,21 +137,18 @@ class _Clock:
     """Training throughput, excluding time spent in eval and checkpointing."""
 
     def __init__(self, step: int):
-        self.step, self.time, self.excluded, self.start = step, time.perf_counter(), 0.0, step
-        self.started = self.time
+        self.step = self.start = step
+        self.time = self.started = time.perf_counter()
+        self.excluded = 0.0
 
+    @contextlib.contextmanager
     def paused(self):
         """Context in which elapsed time is not counted as training."""
-        clock = self
-
-        class _Paused:
-            def __enter__(self):
-                self.t = time.perf_counter()
-
-            def __exit__(self, *exc):
-                clock.excluded += time.perf_counter() - self.t
-
-        return _Paused()
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.excluded += time.perf_counter() - t
 
     def lap(self, step: int) -> float:
         """Seconds of training since the previous lap, which ended at `self.step`."""

@@ -113,3 +113,20 @@ def test_eight_devices_match_one_device_with_padding(tmp_path):
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
     for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(eight.params), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-5)
+
+
+def test_deterministic_mode_is_bit_identical_on_one_and_eight_devices(tmp_path):
+    config = tiny_config(
+        meta_batch_size=25,
+        pad_meta_batch=True,
+        num_steps=60,
+        task_batching="loop",
+        reduction="ordered",
+    )
+    one = trainer.train_and_evaluate(config, str(tmp_path / "one"), devices=jax.devices()[:1])
+    eight = trainer.train_and_evaluate(config, str(tmp_path / "eight"))
+    records = [read_jsonl(str(tmp_path / name / "metrics.jsonl")) for name in ("one", "eight")]
+    for key in ("meta_loss", "loss_before", "eval_mse_after_1_steps"):
+        assert [r.get(key) for r in records[0]] == [r.get(key) for r in records[1]], key
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(eight), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

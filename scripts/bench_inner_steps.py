@@ -1,0 +1,132 @@
+"""Time and memory of one meta-step against the number of inner steps.
+
+Second order, second order with `remat_inner`, and first order, on the sinusoid paper
+setting (meta-batch 25, K=10, one CPU device). Each configuration runs in its own process
+so that peak RSS is its own. Prints a markdown table and writes JSON next to this script.
+
+    python scripts/bench_inner_steps.py [--steps=1,5,10,25,50] [--reps=5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import resource
+import subprocess
+import sys
+import time
+
+MODES = {
+    "second order": {"first_order": False, "remat_inner": False},
+    "second order + remat": {"first_order": False, "remat_inner": True},
+    "first order": {"first_order": True, "remat_inner": False},
+}
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def measure(mode: str, inner_steps: int, reps: int, chunk: int) -> dict:
+    """Runs in a child process: compile stats, then the median time of `chunk` steps."""
+    import jax  # noqa: PLC0415 (imported in the child only)
+
+    sys.path.insert(0, str(ROOT))
+    from configs import sinusoid  # noqa: PLC0415
+
+    from maml_dist import algorithms, parallel, tasks  # noqa: PLC0415
+    from maml_dist import state as state_lib  # noqa: PLC0415
+
+    config = sinusoid.get_config()
+    config.update({"inner_steps": inner_steps, **MODES[mode]})
+    family = tasks.make_task_family(config)
+    model = family.make_model()
+    loss_fn = algorithms.make_loss_fn(model, family.loss)
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    tx, _ = state_lib.make_meta_optimizer(config)
+    state = jax.jit(
+        lambda: state_lib.create_train_state(model, family.example_input(), tx, 0),
+        out_shardings=parallel.replicated(mesh),
+    )()
+
+    def sample_fn(key):
+        return family.sample(key, config.shots, config.num_query)
+
+    step = parallel.make_train_step(
+        parallel.make_meta_grad_fn(parallel.meta_batch_spec(config, loss_fn, sample_fn), mesh), tx
+    )
+    t0 = time.perf_counter()
+    compiled = jax.jit(step).lower(state).compile()
+    compile_s = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+
+    run = parallel.make_multi_step(step)
+    state, _ = run(state, chunk)  # compile the chunked loop and warm up
+    jax.block_until_ready(state)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        state, metrics = run(state, chunk)
+        jax.block_until_ready(metrics)
+        times.append((time.perf_counter() - t0) / chunk)
+    times.sort()
+    return {
+        "mode": mode,
+        "inner_steps": inner_steps,
+        "ms_per_step": 1e3 * times[len(times) // 2],
+        "compile_s": compile_s,
+        "temp_mib": mem.temp_size_in_bytes / 2**20,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", default="1,5,10,25,50")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--chunk", type=int, default=200, help="meta-steps per timing")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # "mode|inner_steps": child mode
+    args = parser.parse_args()
+    if args.one:
+        mode, k = args.one.split("|")
+        print(json.dumps(measure(mode, int(k), args.reps, args.chunk)))
+        return
+
+    rows = []
+    for k in (int(s) for s in args.steps.split(",")):
+        for mode in MODES:
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    f"--one={mode}|{k}",
+                    f"--reps={args.reps}",
+                    f"--chunk={args.chunk}",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+                env={**os.environ, "JAX_PLATFORMS": "cpu"},
+            ).stdout
+            rows.append(json.loads(out.strip().splitlines()[-1]))
+            print(rows[-1], file=sys.stderr)
+    (ROOT / "scripts" / "results" / "bench_inner_steps.json").write_text(
+        json.dumps(rows, indent=2) + "\n"
+    )
+    print(
+        "| inner steps | mode | ms / meta-step | vs first order | XLA temp MiB | peak RSS MiB "
+        "| compile s |"
+    )
+    print("|---:|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        fo = next(
+            x for x in rows if x["inner_steps"] == r["inner_steps"] and x["mode"] == "first order"
+        )
+        print(
+            f"| {r['inner_steps']} | {r['mode']} | {r['ms_per_step']:.3f} | "
+            f"{r['ms_per_step'] / fo['ms_per_step']:.2f}x | {r['temp_mib']:.2f} | "
+            f"{r['peak_rss_mib']:.0f} | {r['compile_s']:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
