@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging as std_logging
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from maml_dist import cli
+from maml_dist import checks, cli, trainer
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to an ml_collections config file.", lock_config=True
@@ -17,6 +18,7 @@ _CPU_DEVICES = flags.DEFINE_integer(
     "cpu_devices",
     None,
     "Split the CPU into this many XLA devices (to try sharding without accelerators).",
+    lower_bound=1,
 )
 flags.mark_flags_as_required(["config", "workdir"])
 _PROG = "maml_dist.train"
@@ -34,11 +36,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.get_absl_handler().addFilter(_QuietLibraries())
-    import jax
-
     if _CPU_DEVICES.value is not None:
+        # Must precede the first backend use (DESIGN.md §5.4); importing jax is not one.
         jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)
-    from maml_dist import checks, trainer
 
     logging.info("JAX %s: %d device(s): %s", jax.__version__, jax.device_count(), jax.devices())
     try:

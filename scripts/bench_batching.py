@@ -24,14 +24,13 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     args = parser.parse_args()
 
-    import jax  # noqa: PLC0415 (device count must be set first)
+    import jax  # device count must be set first
 
     jax.config.update("jax_num_cpu_devices", args.cpu_devices)
     sys.path.insert(0, str(ROOT))
-    from configs import sinusoid  # noqa: PLC0415
-
-    from maml_dist import algorithms, parallel, tasks  # noqa: PLC0415
-    from maml_dist import state as state_lib  # noqa: PLC0415
+    from configs import sinusoid
+    from maml_dist import algorithms, parallel, tasks
+    from maml_dist import state as state_lib
 
     mesh = parallel.make_mesh()
     runs = {}

@@ -28,13 +28,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def measure(mode: str, inner_steps: int, reps: int, chunk: int) -> dict:
     """Runs in a child process: compile stats, then the median time of `chunk` steps."""
-    import jax  # noqa: PLC0415 (imported in the child only)
+    import jax  # imported in the child only
 
     sys.path.insert(0, str(ROOT))
-    from configs import sinusoid  # noqa: PLC0415
-
-    from maml_dist import algorithms, parallel, tasks  # noqa: PLC0415
-    from maml_dist import state as state_lib  # noqa: PLC0415
+    from configs import sinusoid
+    from maml_dist import algorithms, parallel, tasks
+    from maml_dist import state as state_lib
 
     config = sinusoid.get_config()
     config.update({"inner_steps": inner_steps, **MODES[mode]})
