@@ -8,9 +8,9 @@ Train and meta-test (one CPU device):
     python -m maml_dist.train --config=configs/sinusoid.py --workdir=runs/sinusoid
     python -m maml_dist.evaluate --workdir=runs/sinusoid
 
-Expected (measured on a 2-core CPU, see README "Results"): about 1.5 minutes of training;
-K=10 query MSE about 0.3 after 1 inner step and about 0.1 after 10 steps over 600
-meta-test tasks.
+Measured on a 2-core CPU, one device (README, "Results"): 35 s for the whole training
+process; over 600 meta-test tasks, K=10 query MSE 0.310 ± 0.030 after 1 inner step and
+0.103 ± 0.016 after 10 (seed 0; seeds 1 and 2: 0.338/0.133 and 0.353/0.098).
 
 Variants are overrides, not copies:
 
