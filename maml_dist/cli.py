@@ -39,3 +39,45 @@ def make_flags_parser(prog: str):
             fail(prog, str(e))
 
     return parse
+
+
+def define_runtime_flags() -> None:
+    """Flags shared by the entry points: fake CPU devices and multi-process start-up."""
+    flags.DEFINE_integer(
+        "cpu_devices",
+        None,
+        "Split the CPU into this many XLA devices (to try sharding without accelerators).",
+        lower_bound=1,
+    )
+    flags.DEFINE_string(
+        "coordinator_address", None, "host:port of process 0, for multi-process runs."
+    )
+    flags.DEFINE_integer("num_processes", None, "Number of processes.", lower_bound=1)
+    flags.DEFINE_integer("process_id", None, "This process's index.", lower_bound=0)
+    flags.DEFINE_integer(
+        "heartbeat_timeout",
+        30,
+        "Seconds after which a silent process is declared lost and the others stop.",
+        lower_bound=1,
+    )
+
+
+def start_runtime(prog: str) -> None:
+    """Applies the runtime flags; must run before anything touches a JAX backend."""
+    import jax  # the entry points import this module before jax-heavy ones
+
+    from maml_dist import distributed
+    from maml_dist.checks import UserInputError
+
+    f = flags.FLAGS
+    if f.cpu_devices is not None:
+        jax.config.update("jax_num_cpu_devices", f.cpu_devices)
+    try:
+        distributed.initialize(
+            f.coordinator_address, f.num_processes, f.process_id, f.heartbeat_timeout
+        )
+    except UserInputError as e:
+        fail(prog, str(e))
+    except Exception as e:
+        # Reported, not swallowed: the process exits non-zero with the runtime's reason.
+        fail(prog, f"could not start the multi-process runtime: {e}")

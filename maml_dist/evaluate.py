@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from maml_dist import cli
+from maml_dist import checks, cli, evaluator
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by maml_dist.train.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: latest).")
@@ -13,6 +13,7 @@ _SHOTS = flags.DEFINE_list("shots", ["5", "10", "20"], "Support-set sizes K to t
 _MAX_INNER = flags.DEFINE_integer("max_inner_steps", 10, "Report after 0..N inner steps.")
 _SEED = flags.DEFINE_integer("seed", None, "Seed of the test tasks (default: the run's seed).")
 _NUM_QUERY = flags.DEFINE_integer("num_query", 100, "Query points scored per test task.")
+cli.define_runtime_flags()
 flags.mark_flag_as_required("workdir")
 _PROG = "maml_dist.evaluate"
 
@@ -21,8 +22,7 @@ def main(argv):
     """Restores, meta-tests, prints the table and writes DIR/eval/."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from maml_dist import checks, evaluator
-
+    cli.start_runtime(_PROG)
     try:
         shots = tuple(int(s) for s in _SHOTS.value)
     except ValueError:

@@ -7,6 +7,7 @@ import os
 
 import jax
 import ml_collections
+import numpy as np
 
 from maml_dist import algorithms, checks, meta_test, parallel, plotting, tasks
 from maml_dist import state as state_lib
@@ -98,13 +99,18 @@ def evaluate(
         curves = meta_test.adaptation_curves(
             loss_fn, params, test, config.inner_lr, max_inner_steps
         )
-        mean, ci = meta_test.mean_and_ci95(jax.device_get(curves))
+        curves = jax.device_get(curves)
+        mean, ci = meta_test.mean_and_ci95(curves)
         results.append(
             {
                 "shots": k,
                 "inner_steps": list(range(max_inner_steps + 1)),
-                "mean": mean.tolist(),
-                "ci95": ci.tolist(),
+                "mean": _json_numbers(mean),
+                "ci95": _json_numbers(ci),
+                "median": _json_numbers(meta_test.median(curves)),
+                # Tasks whose loss is inf/nan after each step (a diverged inner loop); the
+                # mean is then not finite and is written as null.
+                "nonfinite": np.sum(~np.isfinite(curves), axis=0).tolist(),
             }
         )
         examples.append(_example(model, loss_fn, params, test, config.inner_lr, max_inner_steps))
@@ -123,10 +129,15 @@ def evaluate(
         out = os.path.join(workdir, "eval")
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "results.json"), "w") as f:
-            json.dump(report, f, indent=2)
+            json.dump(report, f, indent=2, allow_nan=False)
         plotting.save_curves(os.path.join(out, "curves.png"), results, family.metric)
         plotting.save_example_fits(os.path.join(out, "example_fits.png"), examples)
     return report
+
+
+def _json_numbers(values: np.ndarray) -> list[float | None]:
+    """Floats for JSON, with inf/nan as null (standard JSON has no NaN)."""
+    return [float(v) if np.isfinite(v) else None for v in values]
 
 
 def _example(model, loss_fn, params, test, lr: float, steps: int) -> dict:
@@ -150,7 +161,7 @@ def _example(model, loss_fn, params, test, lr: float, steps: int) -> dict:
 def format_table(report: dict) -> str:
     """A plain-text table: one row per K, one column per inner-step count."""
     steps = report["results"][0]["inner_steps"]
-    head = f"{'K':>4} | " + " | ".join(f"{s:>15}" for s in steps)
+    head = f"{'K':>4} | " + " | ".join(f"{s:>17}" for s in steps)
     rows = [
         f"query {report['metric']} (mean ± 95% CI) over {report['num_tasks']} test tasks "
         f"after each inner step; checkpoint step {report['step']}",
@@ -159,7 +170,8 @@ def format_table(report: dict) -> str:
     ]
     for r in report["results"]:
         cells = " | ".join(
-            f"{m:7.4f} ± {c:5.3f}" for m, c in zip(r["mean"], r["ci95"], strict=True)
+            f"{m:8.4g} ± {c:<6.2g}" if m is not None and c is not None else f"{'not finite':>17}"
+            for m, c in zip(r["mean"], r["ci95"], strict=True)
         )
         rows.append(f"{r['shots']:>4} | {cells}")
     return "\n".join(rows)

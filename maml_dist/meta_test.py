@@ -34,6 +34,11 @@ def adaptation_curves(
     return jax.vmap(lambda t: algorithms.adaptation_curve(loss_fn, params, t, lr, steps))(tasks)
 
 
+def median(values: np.ndarray) -> np.ndarray:
+    """Median over axis 0: robust to the rare task an inner loop diverges on."""
+    return np.median(np.asarray(values, np.float64), axis=0)
+
+
 def mean_and_ci95(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean over axis 0 and the normal-approximation 95% half-width 1.96 * std / sqrt(n).
 

@@ -38,7 +38,8 @@ def save_curves(path: str, results: list[dict], metric: str) -> None:
     """Saves metric (mean with 95% CI band) against inner steps, one line per shot count."""
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
     for r in results:
-        steps, mean, ci = (np.asarray(r[k]) for k in ("inner_steps", "mean", "ci95"))
+        # null (non-finite) entries become nan: matplotlib leaves a gap there.
+        steps, mean, ci = (np.asarray(r[k], dtype=float) for k in ("inner_steps", "mean", "ci95"))
         ax.plot(steps, mean, marker="o", ms=3, label=f"K={r['shots']}")
         ax.fill_between(steps, mean - ci, mean + ci, alpha=0.2)
     ax.set_xlabel("inner gradient steps")

@@ -14,12 +14,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to an ml_collections config file.", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, config.json.")
-_CPU_DEVICES = flags.DEFINE_integer(
-    "cpu_devices",
-    None,
-    "Split the CPU into this many XLA devices (to try sharding without accelerators).",
-    lower_bound=1,
-)
+cli.define_runtime_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 _PROG = "maml_dist.train"
 
@@ -36,11 +31,16 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.get_absl_handler().addFilter(_QuietLibraries())
-    if _CPU_DEVICES.value is not None:
-        # Must precede the first backend use (DESIGN.md §5.4); importing jax is not one.
-        jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)
+    cli.start_runtime(_PROG)  # before the first backend use (DESIGN.md §5.4)
 
-    logging.info("JAX %s: %d device(s): %s", jax.__version__, jax.device_count(), jax.devices())
+    logging.info(
+        "JAX %s, process %d of %d: %d device(s) in all, %d here.",
+        jax.__version__,
+        jax.process_index(),
+        jax.process_count(),
+        jax.device_count(),
+        jax.local_device_count(),
+    )
     try:
         trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except checks.UserInputError as e:
