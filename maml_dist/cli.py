@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from typing import NoReturn
@@ -81,3 +82,40 @@ def start_runtime(prog: str) -> None:
     except Exception as e:
         # Reported, not swallowed: the process exits non-zero with the runtime's reason.
         fail(prog, f"could not start the multi-process runtime: {e}")
+
+
+def run_reporting_errors(prog: str, fn) -> None:
+    """Runs `fn()`, turning user-input errors and lost peer processes into one-line errors.
+
+    In a multi-process run a dead peer surfaces as a failed collective here. This names the
+    lost process (once the coordination service declares it, within the heartbeat timeout)
+    and exits at once: a normal exit would wait in jax.distributed's shutdown barrier for
+    the dead peer and then abort with a C++ stack trace.
+    """
+    import jax
+
+    from maml_dist import distributed
+    from maml_dist.checks import UserInputError
+
+    try:
+        fn()
+    except UserInputError as e:
+        fail(prog, str(e))
+    except jax.errors.JaxRuntimeError as e:
+        if jax.process_count() == 1:
+            raise
+        lost = distributed.lost_processes(wait_s=flags.FLAGS.heartbeat_timeout + 10)
+        if lost:
+            what = f"lost process {', '.join(map(str, lost))} of {jax.process_count()}"
+        elif lost is None:
+            what = "lost the coordinator (process 0) or the connection to it"
+        else:
+            what = "a collective with the other processes failed"
+        reason = str(e).strip().splitlines()[0][:300]
+        print(
+            f"{prog}: error: {what}; process {jax.process_index()} stops ({reason})",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.stdout.flush()
+        os._exit(1)

@@ -6,6 +6,7 @@ Must run before anything touches a JAX backend (DESIGN.md §5.4).
 from __future__ import annotations
 
 import os
+import time
 
 import jax
 
@@ -84,3 +85,32 @@ def initialize(
         initialization_timeout=initialization_timeout_s,
     )
     return True
+
+
+def lost_processes(wait_s: float) -> list[int] | None:
+    """Processes the coordination service has declared dead, waiting up to `wait_s` for it.
+
+    A dead peer usually shows first as a failed collective; the service names it only once
+    its heartbeats have been missing for the heartbeat timeout, hence the wait.
+
+    Returns:
+        The lost process indices; [] if none was declared within `wait_s`; None if the
+        service cannot be asked (e.g. process 0, which hosts it, is the one that died).
+    """
+    # jax exposes no public liveness query; the runtime client has one.
+    from jax._src import distributed as jax_distributed
+
+    client = jax_distributed.global_state.client
+    if client is None:
+        return None
+    ids = list(range(jax.process_count()))
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            live = set(client.get_live_nodes(ids))
+        except Exception:  # the service itself is gone: nothing more can be learnt
+            return None
+        lost = [i for i in ids if i not in live]
+        if lost or time.monotonic() > deadline:
+            return lost
+        time.sleep(0.5)

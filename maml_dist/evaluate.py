@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import jax
 from absl import app, flags
 
-from maml_dist import checks, cli, evaluator
+from maml_dist import cli, evaluator
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by maml_dist.train.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: latest).")
@@ -27,7 +28,8 @@ def main(argv):
         shots = tuple(int(s) for s in _SHOTS.value)
     except ValueError:
         cli.fail(_PROG, f"--shots must be integers, got {_SHOTS.value}; pass e.g. --shots=5,10,20")
-    try:
+
+    def run():
         report = evaluator.evaluate(
             _WORKDIR.value,
             _STEP.value,
@@ -37,9 +39,10 @@ def main(argv):
             _SEED.value,
             _NUM_QUERY.value,
         )
-    except checks.UserInputError as e:
-        cli.fail(_PROG, str(e))
-    print(evaluator.format_table(report))
+        if jax.process_index() == 0:
+            print(evaluator.format_table(report))
+
+    cli.run_reporting_errors(_PROG, run)
 
 
 if __name__ == "__main__":

@@ -95,6 +95,8 @@ class MetaBatch:
     seed: int
     batching: str = "vmap"
     reduction: str = "sum"
+    # False: one psum per parameter leaf, only to measure what fusing saves (benchmarks).
+    fuse_collectives: bool = True
 
 
 def task_terms(spec: MetaBatch, params, step: jax.Array, indices: jax.Array) -> jax.Array:
@@ -162,8 +164,11 @@ def make_meta_grad_fn(spec: MetaBatch, mesh: jax.sharding.Mesh) -> Callable:
             rows = jnp.zeros((layout.padded_size, terms.shape[1]), terms.dtype)
             rows = jax.lax.dynamic_update_slice(rows, terms, (first, 0))
             total = ordered_sum(jax.lax.psum(rows, AXIS)[: spec.meta_batch_size])
-        else:
+        elif spec.fuse_collectives:
             total = jax.lax.psum(jnp.sum(terms, axis=0), AXIS)
+        else:
+            grads_and_metrics = _unpack(params, jnp.sum(terms, axis=0))
+            return jax.tree.map(lambda x: jax.lax.psum(x, AXIS), grads_and_metrics)
         return _unpack(params, total)
 
     return jax.shard_map(body, mesh=mesh, in_specs=(P(), P()), out_specs=(P(), P()))

@@ -8,7 +8,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from maml_dist import checks, cli, trainer
+from maml_dist import cli, trainer
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to an ml_collections config file.", lock_config=True
@@ -41,10 +41,9 @@ def main(argv):
         jax.device_count(),
         jax.local_device_count(),
     )
-    try:
-        trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except checks.UserInputError as e:
-        cli.fail(_PROG, str(e))
+    cli.run_reporting_errors(
+        _PROG, lambda: trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    )
 
 
 if __name__ == "__main__":
