@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from typing import NoReturn
@@ -63,8 +62,12 @@ def define_runtime_flags() -> None:
     )
 
 
-def start_runtime(prog: str) -> None:
-    """Applies the runtime flags; must run before anything touches a JAX backend."""
+def start_runtime(prog: str):
+    """Applies the runtime flags; must run before anything touches a JAX backend.
+
+    Returns:
+        A `distributed.PeerWatch` when several processes run, else None.
+    """
     import jax  # the entry points import this module before jax-heavy ones
 
     from maml_dist import distributed
@@ -74,7 +77,7 @@ def start_runtime(prog: str) -> None:
     if f.cpu_devices is not None:
         jax.config.update("jax_num_cpu_devices", f.cpu_devices)
     try:
-        distributed.initialize(
+        started = distributed.initialize(
             f.coordinator_address, f.num_processes, f.process_id, f.heartbeat_timeout
         )
     except UserInputError as e:
@@ -82,19 +85,19 @@ def start_runtime(prog: str) -> None:
     except Exception as e:
         # Reported, not swallowed: the process exits non-zero with the runtime's reason.
         fail(prog, f"could not start the multi-process runtime: {e}")
+    return distributed.PeerWatch(prog) if started and jax.process_count() > 1 else None
 
 
-def run_reporting_errors(prog: str, fn) -> None:
+def run_reporting_errors(prog: str, fn, watch=None) -> None:
     """Runs `fn()`, turning user-input errors and lost peer processes into one-line errors.
 
-    In a multi-process run a dead peer surfaces as a failed collective here. This names the
-    lost process (once the coordination service declares it, within the heartbeat timeout)
-    and exits at once: a normal exit would wait in jax.distributed's shutdown barrier for
-    the dead peer and then abort with a C++ stack trace.
+    Args:
+        prog: the entry point's name, for messages.
+        fn: the work.
+        watch: the `distributed.PeerWatch` of a multi-process run, or None.
     """
     import jax
 
-    from maml_dist import distributed
     from maml_dist.checks import UserInputError
 
     try:
@@ -102,20 +105,9 @@ def run_reporting_errors(prog: str, fn) -> None:
     except UserInputError as e:
         fail(prog, str(e))
     except jax.errors.JaxRuntimeError as e:
-        if jax.process_count() == 1:
+        if watch is None:
             raise
-        lost = distributed.lost_processes(wait_s=flags.FLAGS.heartbeat_timeout + 10)
-        if lost:
-            what = f"lost process {', '.join(map(str, lost))} of {jax.process_count()}"
-        elif lost is None:
-            what = "lost the coordinator (process 0) or the connection to it"
-        else:
-            what = "a collective with the other processes failed"
-        reason = str(e).strip().splitlines()[0][:300]
-        print(
-            f"{prog}: error: {what}; process {jax.process_index()} stops ({reason})",
-            file=sys.stderr,
-            flush=True,
-        )
-        sys.stdout.flush()
-        os._exit(1)
+        watch.stop_after_failed_collective(e, wait_s=flags.FLAGS.heartbeat_timeout + 10)
+    finally:
+        if watch is not None:
+            watch.close()

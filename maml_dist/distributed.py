@@ -6,6 +6,9 @@ Must run before anything touches a JAX backend (DESIGN.md §5.4).
 from __future__ import annotations
 
 import os
+import socket
+import sys
+import threading
 import time
 
 import jax
@@ -84,33 +87,125 @@ def initialize(
         heartbeat_timeout_seconds=heartbeat_timeout_s,
         initialization_timeout=initialization_timeout_s,
     )
+    register_process()
     return True
 
 
-def lost_processes(wait_s: float) -> list[int] | None:
-    """Processes the coordination service has declared dead, waiting up to `wait_s` for it.
+_PROCESS_KEY = "maml_dist/process/{}"
 
-    A dead peer usually shows first as a failed collective; the service names it only once
-    its heartbeats have been missing for the heartbeat timeout, hence the wait.
 
-    Returns:
-        The lost process indices; [] if none was declared within `wait_s`; None if the
-        service cannot be asked (e.g. process 0, which hosts it, is the one that died).
-    """
-    # jax exposes no public liveness query; the runtime client has one.
+def _client():
+    # jax exposes no public liveness query or key-value store; its runtime client has both.
     from jax._src import distributed as jax_distributed
 
-    client = jax_distributed.global_state.client
-    if client is None:
-        return None
-    ids = list(range(jax.process_count()))
-    deadline = time.monotonic() + wait_s
-    while True:
+    return jax_distributed.global_state.client
+
+
+def register_process() -> None:
+    """Publishes this process's host and pid, so peers on the same host can check on it."""
+    client = _client()
+    if client is not None:
+        client.key_value_set(
+            _PROCESS_KEY.format(jax.process_index()), f"{socket.gethostname()} {os.getpid()}"
+        )
+
+
+def _dead_local_peers() -> list[int]:
+    """Peers on this host whose process no longer exists (known at once, no heartbeat wait)."""
+    client, host, dead = _client(), socket.gethostname(), []
+    for i in range(jax.process_count()):
+        if i == jax.process_index():
+            continue
         try:
-            live = set(client.get_live_nodes(ids))
-        except Exception:  # the service itself is gone: nothing more can be learnt
-            return None
-        lost = [i for i in ids if i not in live]
-        if lost or time.monotonic() > deadline:
-            return lost
-        time.sleep(0.5)
+            peer_host, pid = client.key_value_try_get(_PROCESS_KEY.format(i)).split()
+        except Exception:  # not registered, or the service is gone
+            continue
+        if peer_host == host and not _process_alive(int(pid)):
+            dead.append(i)
+    return dead
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, killed but not yet reaped by its parent, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:  # no procfs (macOS): trust kill(0)
+        return True
+
+
+def _lost_by_service() -> list[int] | None:
+    """Processes the coordination service no longer hears from; None if it is unreachable.
+
+    GetAliveTasks waits for every live process to ask, so only call it where all survivors
+    do (after a failed collective), never from a lone watchdog.
+    """
+    ids = list(range(jax.process_count()))
+    try:
+        live = set(_client().get_live_nodes(ids))
+    except Exception:  # the service itself is gone (process 0 died)
+        return None
+    return [i for i in ids if i not in live]
+
+
+class PeerWatch:
+    """Notices a lost peer process and stops this one with one line naming it.
+
+    A dead peer shows as a failed collective, or as a collective that never completes. A
+    daemon thread checks the peers on this host by pid once a second; after a failed
+    collective the coordination service is asked too. A remote peer is declared dead by the
+    service after the heartbeat timeout, and JAX's runtime may then terminate this process
+    first, with its own message naming the task. Either way the survivors exit non-zero in
+    bounded time.
+    """
+
+    def __init__(self, prog: str, interval_s: float = 1.0):
+        """Starts the watching thread for entry point `prog`."""
+        self.prog = prog
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        thread = threading.Thread(target=self._watch, args=(interval_s,), daemon=True)
+        thread.start()
+
+    def close(self) -> None:
+        """Stops watching: from here on, peers finishing and exiting is normal."""
+        self._closed.set()
+
+    def _watch(self, interval_s: float) -> None:
+        while not self._closed.wait(interval_s):
+            lost = _dead_local_peers()
+            if lost and not self._closed.is_set():
+                self.stop(lost, "its process is gone")
+
+    def stop(self, lost: list[int] | None, reason: str) -> None:
+        """Prints the one-line error and exits at once (skipping the shutdown barrier)."""
+        with self._lock:
+            if lost:
+                what = f"lost process {', '.join(map(str, lost))} of {jax.process_count()}"
+            elif lost is None:
+                what = "lost the coordinator (process 0) or the connection to it"
+            else:
+                what = "a collective with the other processes failed"
+            print(
+                f"{self.prog}: error: {what}; process {jax.process_index()} stops ({reason})",
+                file=sys.stderr,
+                flush=True,
+            )
+            # A normal exit would wait in jax.distributed's shutdown barrier for the dead
+            # peer, then abort with a C++ stack trace.
+            os._exit(1)
+
+    def stop_after_failed_collective(self, error: Exception, wait_s: float) -> None:
+        """Names the lost peer of a failed collective (waiting up to `wait_s`), then stops."""
+        deadline = time.monotonic() + wait_s
+        lost = _dead_local_peers() or _lost_by_service()
+        while lost == [] and time.monotonic() < deadline:
+            time.sleep(0.5)
+            lost = _dead_local_peers() or _lost_by_service()
+        self.stop(lost, str(error).strip().splitlines()[0][:300])

@@ -23,7 +23,7 @@ def main(argv):
     """Restores, meta-tests, prints the table and writes DIR/eval/."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    cli.start_runtime(_PROG)
+    watch = cli.start_runtime(_PROG)
     try:
         shots = tuple(int(s) for s in _SHOTS.value)
     except ValueError:
@@ -42,7 +42,7 @@ def main(argv):
         if jax.process_index() == 0:
             print(evaluator.format_table(report))
 
-    cli.run_reporting_errors(_PROG, run)
+    cli.run_reporting_errors(_PROG, run, watch)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.get_absl_handler().addFilter(_QuietLibraries())
-    cli.start_runtime(_PROG)  # before the first backend use (DESIGN.md §5.4)
+    watch = cli.start_runtime(_PROG)  # before the first backend use (DESIGN.md §5.4)
 
     logging.info(
         "JAX %s, process %d of %d: %d device(s) in all, %d here.",
@@ -42,7 +42,7 @@ def main(argv):
         jax.local_device_count(),
     )
     cli.run_reporting_errors(
-        _PROG, lambda: trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        _PROG, lambda: trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value), watch
     )
 
 
