@@ -40,7 +40,8 @@ class Checkpointer:
         Args:
             step: which checkpoint.
             target: a pytree of arrays or `jax.ShapeDtypeStruct`s with shardings; restoring
-                into it keeps optax states as their own types rather than lists.
+                into it keeps optax states as their own types rather than lists, and places
+                every array as the current topology wants it (whatever wrote the checkpoint).
         """
         abstract = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging as std_logging
 import re
 import sys
 from typing import NoReturn
 
-from absl import flags
+from absl import flags, logging
 
 
 def fail(prog: str, message: str) -> NoReturn:
@@ -62,6 +63,13 @@ def define_runtime_flags() -> None:
     )
 
 
+class _QuietLibraries:
+    """Drops INFO chatter of orbax (dozens of lines per save) from the progress log."""
+
+    def filter(self, record) -> bool:
+        return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
 def start_runtime(prog: str):
     """Applies the runtime flags; must run before anything touches a JAX backend.
 
@@ -73,6 +81,7 @@ def start_runtime(prog: str):
     from maml_dist import distributed
     from maml_dist.checks import UserInputError
 
+    logging.get_absl_handler().addFilter(_QuietLibraries())
     f = flags.FLAGS
     if f.cpu_devices is not None:
         jax.config.update("jax_num_cpu_devices", f.cpu_devices)

@@ -9,9 +9,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from maml_dist import algorithms, checks, meta_test, parallel, plotting, tasks
+from maml_dist import checks, meta_test, parallel, plotting, tasks
 from maml_dist import state as state_lib
 from maml_dist.checkpointing import Checkpointer, has_checkpoint
+from maml_dist.problem import make_problem
 from maml_dist.tasks.base import TEST_STREAM
 
 
@@ -39,15 +40,13 @@ def restore_params(config: ml_collections.ConfigDict, workdir: str, step: int | 
         (params, step).
     """
     family = tasks.make_task_family(config)
-    model = family.make_model()
     tx, _ = state_lib.make_meta_optimizer(config)
-    mesh = parallel.make_mesh()
-    target = jax.eval_shape(
-        lambda: state_lib.create_train_state(model, family.example_input(), tx, config.seed)
-    )
-    target = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=parallel.replicated(mesh)),
-        target,
+    target = state_lib.abstract_state(
+        family.make_model(),
+        family.example_input(),
+        tx,
+        config.seed,
+        parallel.replicated(parallel.make_mesh()),
     )
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=1, create=False)
     try:
@@ -88,9 +87,8 @@ def evaluate(
     config = load_run_config(workdir)
     seed = config.seed if seed is None else seed
     params, step = restore_params(config, workdir, step)
-    family = tasks.make_task_family(config)
-    model = family.make_model()
-    loss_fn = algorithms.make_loss_fn(model, family.loss)
+    problem = make_problem(config)
+    family, model, loss_fn = problem.family, problem.model, problem.loss_fn
 
     results, examples = [], []
     for k in shots:

@@ -19,9 +19,10 @@ _IMAGE_POINTS = 200
 class Monitor:
     """Scores the meta-parameters on validation tasks that training never samples."""
 
-    def __init__(self, config: ml_collections.ConfigDict, family, model, loss_fn, sharding):
+    def __init__(self, config: ml_collections.ConfigDict, problem, sharding):
         """Samples the validation set once and places it with `sharding`."""
-        self.family, self.model, self.loss_fn = family, model, loss_fn
+        family = problem.family
+        self.family, self.model, self.loss_fn = family, problem.model, problem.loss_fn
         self.lr, self.steps, self.train_steps = (
             config.inner_lr,
             config.eval_inner_steps,
@@ -54,12 +55,18 @@ class Monitor:
         name = self.family.metric
         return {f"eval_{name}_after_{k}_steps": float(v) for k, v in enumerate(mean)}
 
-    def image(self, params) -> np.ndarray:
-        """The paper's figure for one validation task: truth, support, before and after."""
+    def image(self, params, render: bool = True) -> np.ndarray | None:
+        """The paper's figure for one validation task: truth, support, before and after.
+
+        Every process must call this (the predictions are a computation over the global
+        mesh); only those with `render` draw the figure, the others get None.
+        """
         task = jax.tree.map(lambda a: a[0], self.image_task)
         before, after = meta_test.adapted_predictions(
             self.model, self.loss_fn, params, task, self.lr, self.train_steps, task.query_x
         )
+        if not render:
+            return None
         task, before, after = jax.device_get((task, before, after))
         return plotting.adaptation_image(
             task.query_x[:, 0],

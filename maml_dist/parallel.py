@@ -221,11 +221,11 @@ def make_multi_step(train_step: Callable) -> Callable:
     return run
 
 
-def meta_batch_spec(config: ml_collections.ConfigDict, loss_fn, sample_fn) -> MetaBatch:
-    """The MetaBatch a config describes."""
+def meta_batch_spec(config: ml_collections.ConfigDict, problem) -> MetaBatch:
+    """The MetaBatch a config describes, for its `problem.Problem`."""
     return MetaBatch(
-        loss_fn=loss_fn,
-        sample_fn=sample_fn,
+        loss_fn=problem.loss_fn,
+        sample_fn=problem.sample_fn,
         inner=inner_config(config),
         meta_batch_size=config.meta_batch_size,
         seed=config.seed,

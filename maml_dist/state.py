@@ -51,3 +51,16 @@ def create_train_state(
     """Initialises the meta-parameters from `seed` and the optimiser state (traceable)."""
     params = model.init(jax.random.key(seed), example_input)["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def init_state(model, example_input, tx, seed: int, sharding) -> TrainState:
+    """A fresh TrainState placed with `sharding` (initialised on device, in one jit)."""
+    return jax.jit(
+        lambda: create_train_state(model, example_input, tx, seed), out_shardings=sharding
+    )()
+
+
+def abstract_state(model, example_input, tx, seed: int, sharding) -> TrainState:
+    """Shapes, dtypes and `sharding` of the TrainState, without computing it (for restore)."""
+    shapes = jax.eval_shape(lambda: create_train_state(model, example_input, tx, seed))
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging as std_logging
-
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -19,18 +17,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 _PROG = "maml_dist.train"
 
 
-class _QuietLibraries:
-    """Drops INFO chatter of orbax (dozens of lines per save) from the progress log."""
-
-    def filter(self, record) -> bool:
-        return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
-
-
 def main(argv):
     """Starts JAX, then hands over to the trainer."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.get_absl_handler().addFilter(_QuietLibraries())
     watch = cli.start_runtime(_PROG)  # before the first backend use (DESIGN.md §5.4)
 
     logging.info(

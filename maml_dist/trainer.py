@@ -11,11 +11,12 @@ import jax
 import ml_collections
 from absl import logging
 
-from maml_dist import algorithms, checks, parallel, tasks
+from maml_dist import checks, parallel, tasks
 from maml_dist import state as state_lib
 from maml_dist.checkpointing import Checkpointer
 from maml_dist.metrics import MetricWriter
 from maml_dist.monitor import Monitor
+from maml_dist.problem import make_problem
 
 
 def check_inputs(config: ml_collections.ConfigDict, workdir: str, num_devices: int) -> None:
@@ -61,20 +62,12 @@ def train_and_evaluate(
     check_inputs(config, workdir, len(devices))
     is_main = jax.process_index() == 0
     mesh = parallel.make_mesh(devices)
-    family = tasks.make_task_family(config)
-    model = family.make_model()
-    loss_fn = algorithms.make_loss_fn(model, family.loss)
-
-    def sample_fn(key):
-        return family.sample(key, config.shots, config.num_query)
-
+    problem = make_problem(config)
     tx, schedule = state_lib.make_meta_optimizer(config)
     replicated = parallel.replicated(mesh)
-    init = jax.jit(
-        lambda: state_lib.create_train_state(model, family.example_input(), tx, config.seed),
-        out_shardings=replicated,
+    state = state_lib.init_state(
+        problem.model, problem.family.example_input(), tx, config.seed, replicated
     )
-    state = init()
 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.max_to_keep)
     latest = ckpt.latest_step()
@@ -86,11 +79,9 @@ def train_and_evaluate(
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json(indent=2))
     writer = MetricWriter(workdir, is_main, resume_step=step)
-    monitor = Monitor(config, family, model, loss_fn, replicated)
+    monitor = Monitor(config, problem, replicated)
 
-    meta_grad_fn = parallel.make_meta_grad_fn(
-        parallel.meta_batch_spec(config, loss_fn, sample_fn), mesh
-    )
+    meta_grad_fn = parallel.make_meta_grad_fn(parallel.meta_batch_spec(config, problem), mesh)
     run = parallel.make_multi_step(parallel.make_train_step(meta_grad_fn, tx))
     layout = parallel.TaskLayout(config.meta_batch_size, mesh.shape[parallel.AXIS])
     logging.info(
@@ -123,7 +114,9 @@ def train_and_evaluate(
                 ckpt.save(end, state, force=end == config.num_steps)
             if eval_now:
                 extra = monitor.scalars(state.params)
-                writer.write_image(end, "eval/adaptation", monitor.image(state.params))
+                image = monitor.image(state.params, render=is_main)
+                if image is not None:
+                    writer.write_image(end, "eval/adaptation", image)
         pending = (end, metrics, extra)
         step = end
     if pending is not None:

@@ -12,7 +12,8 @@ import argparse
 import itertools
 import pathlib
 import sys
-import time
+
+import timing
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -29,44 +30,26 @@ def main() -> None:
     jax.config.update("jax_num_cpu_devices", args.cpu_devices)
     sys.path.insert(0, str(ROOT))
     from configs import sinusoid
-    from maml_dist import algorithms, parallel, tasks
+    from maml_dist import parallel
     from maml_dist import state as state_lib
+    from maml_dist.problem import make_problem
 
     mesh = parallel.make_mesh()
     runs = {}
     for batching, reduction in itertools.product(parallel.BATCHINGS, parallel.REDUCTIONS):
         config = sinusoid.get_config()
         config.update({"task_batching": batching, "reduction": reduction})
-        family = tasks.make_task_family(config)
-        model = family.make_model()
-        loss_fn = algorithms.make_loss_fn(model, family.loss)
+        problem = make_problem(config)
         tx, _ = state_lib.make_meta_optimizer(config)
-
-        def sample_fn(key, family=family, config=config):
-            return family.sample(key, config.shots, config.num_query)
-
-        spec = parallel.meta_batch_spec(config, loss_fn, sample_fn)
+        spec = parallel.meta_batch_spec(config, problem)
         run = parallel.make_multi_step(
             parallel.make_train_step(parallel.make_meta_grad_fn(spec, mesh), tx)
         )
-        state = jax.jit(
-            lambda model=model, family=family, tx=tx: state_lib.create_train_state(
-                model, family.example_input(), tx, 0
-            ),
-            out_shardings=parallel.replicated(mesh),
-        )()
-        state, _ = run(state, args.chunk)  # compile + warm up
-        jax.block_until_ready(state)
-        runs[(batching, reduction)] = [run, state, []]
-
-    for _ in range(args.reps):
-        for entry in runs.values():
-            run, state, times = entry
-            t0 = time.perf_counter()
-            state, metrics = run(state, args.chunk)
-            jax.block_until_ready(metrics)
-            times.append((time.perf_counter() - t0) / args.chunk)
-            entry[1] = state
+        state = state_lib.init_state(
+            problem.model, problem.family.example_input(), tx, 0, parallel.replicated(mesh)
+        )
+        runs[(batching, reduction)] = (run, timing.warm(run, state, args.chunk))
+    med = timing.interleaved_ms_per_step(runs, args.chunk, args.reps)
 
     print(
         f"{mesh.shape['tasks']} device(s), meta-batch 25, median of {args.reps} x "
@@ -74,8 +57,8 @@ def main() -> None:
     )
     print("| task_batching | reduction | ms / meta-step |")
     print("|---|---|---:|")
-    for (batching, reduction), (_, _, times) in runs.items():
-        print(f"| {batching} | {reduction} | {1e3 * sorted(times)[len(times) // 2]:.3f} |")
+    for (batching, reduction), ms in med.items():
+        print(f"| {batching} | {reduction} | {ms:.3f} |")
 
 
 if __name__ == "__main__":

@@ -32,26 +32,20 @@ def measure(mode: str, inner_steps: int, reps: int, chunk: int) -> dict:
 
     sys.path.insert(0, str(ROOT))
     from configs import sinusoid
-    from maml_dist import algorithms, parallel, tasks
+    from maml_dist import parallel
     from maml_dist import state as state_lib
+    from maml_dist.problem import make_problem
 
     config = sinusoid.get_config()
     config.update({"inner_steps": inner_steps, **MODES[mode]})
-    family = tasks.make_task_family(config)
-    model = family.make_model()
-    loss_fn = algorithms.make_loss_fn(model, family.loss)
+    problem = make_problem(config)
     mesh = parallel.make_mesh(jax.devices()[:1])
     tx, _ = state_lib.make_meta_optimizer(config)
-    state = jax.jit(
-        lambda: state_lib.create_train_state(model, family.example_input(), tx, 0),
-        out_shardings=parallel.replicated(mesh),
-    )()
-
-    def sample_fn(key):
-        return family.sample(key, config.shots, config.num_query)
-
+    state = state_lib.init_state(
+        problem.model, problem.family.example_input(), tx, 0, parallel.replicated(mesh)
+    )
     step = parallel.make_train_step(
-        parallel.make_meta_grad_fn(parallel.meta_batch_spec(config, loss_fn, sample_fn), mesh), tx
+        parallel.make_meta_grad_fn(parallel.meta_batch_spec(config, problem), mesh), tx
     )
     t0 = time.perf_counter()
     compiled = jax.jit(step).lower(state).compile()

@@ -10,6 +10,7 @@ devices and 1 process x 1 device, each measured both ways in the same run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -17,7 +18,8 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+
+import timing
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -36,44 +38,29 @@ def child(args) -> None:
         )
     sys.path.insert(0, str(ROOT))
     from configs import sinusoid
-    from maml_dist import algorithms, parallel, tasks
+    from maml_dist import parallel
     from maml_dist import state as state_lib
+    from maml_dist.problem import make_problem
 
     config = sinusoid.get_config()
     config.meta_batch_size = 24
-    family = tasks.make_task_family(config)
-    model = family.make_model()
-    loss_fn = algorithms.make_loss_fn(model, family.loss)
+    problem = make_problem(config)
     tx, _ = state_lib.make_meta_optimizer(config)
     mesh = parallel.make_mesh()
-
-    def sample_fn(key):
-        return family.sample(key, config.shots, config.num_query)
-
     runs = {}
     for fused in (False, True):
-        spec = parallel.meta_batch_spec(config, loss_fn, sample_fn)
-        spec = type(spec)(**{**spec.__dict__, "fuse_collectives": fused})
+        spec = dataclasses.replace(
+            parallel.meta_batch_spec(config, problem), fuse_collectives=fused
+        )
         run = parallel.make_multi_step(
             parallel.make_train_step(parallel.make_meta_grad_fn(spec, mesh), tx)
         )
-        state = jax.jit(
-            lambda: state_lib.create_train_state(model, family.example_input(), tx, 0),
-            out_shardings=parallel.replicated(mesh),
-        )()
-        state, _ = run(state, args.chunk)
-        jax.block_until_ready(state)
-        runs[fused] = [run, state, []]
-    for _ in range(args.reps):
-        for entry in runs.values():
-            run, state, times = entry
-            t0 = time.perf_counter()
-            state, metrics = run(state, args.chunk)
-            jax.block_until_ready(metrics)
-            times.append((time.perf_counter() - t0) / args.chunk)
-            entry[1] = state
+        state = state_lib.init_state(
+            problem.model, problem.family.example_input(), tx, 0, parallel.replicated(mesh)
+        )
+        runs[fused] = (run, timing.warm(run, state, args.chunk))
+    med = timing.interleaved_ms_per_step(runs, args.chunk, args.reps)
     if jax.process_index() == 0:
-        med = {k: 1e3 * sorted(v[2])[len(v[2]) // 2] for k, v in runs.items()}
         print(json.dumps({"per_leaf_ms": med[False], "fused_ms": med[True]}))
 
 

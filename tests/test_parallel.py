@@ -5,10 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import pieces, tiny_config
+from helpers import tiny_config
 from jax.sharding import PartitionSpec as P
 
 from maml_dist import parallel
+from maml_dist.problem import make_problem
 
 # float32 sums of 16-25 task terms in a different order (per device, then across devices)
 # differ from one flat sum by a few ulps: rtol 1e-5 is ~100 ulps, far below any real bug
@@ -19,9 +20,9 @@ STEP = 7
 
 def _spec(meta_batch_size, **overrides):
     config = tiny_config(meta_batch_size=meta_batch_size, **overrides)
-    family, model, loss_fn, sample_fn = pieces(config)
-    params = model.init(jax.random.key(0), family.example_input())["params"]
-    return parallel.meta_batch_spec(config, loss_fn, sample_fn), params
+    problem = make_problem(config)
+    params = problem.model.init(jax.random.key(0), problem.family.example_input())["params"]
+    return parallel.meta_batch_spec(config, problem), params
 
 
 def _reference(spec, params):
