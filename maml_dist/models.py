@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 
 class MLP(nn.Module):
@@ -33,3 +34,49 @@ class MLP(nn.Module):
         for width in self.hidden_sizes:
             x = nn.relu(nn.Dense(width, **kwargs)(x))
         return nn.Dense(self.out_features, **kwargs)(x)
+
+
+class BatchStatNorm(nn.Module):
+    """Batch norm that always normalises with the current batch's statistics.
+
+    This is MAML's (transductive) batch norm: every call, support or query set, uses its
+    own mean and variance over (batch, height, width); only the scale and offset are
+    parameters, adapted in the inner loop like the weights. No running averages are kept,
+    so the module stays a pure function of its parameters.
+    """
+
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Normalises (..., H, W, C) over all but the channel axis."""
+        axes = tuple(range(x.ndim - 1))
+        mean = x.mean(axes)
+        var = jnp.mean(jnp.square(x - mean), axes)
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
+        offset = self.param("offset", nn.initializers.zeros, (x.shape[-1],))
+        return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + offset
+
+
+class ConvNet(nn.Module):
+    """The MAML paper's Omniglot network: blocks of 3x3 conv (stride 2), batch norm, ReLU.
+
+    Attributes:
+        num_classes: width of the linear head (N of N-way).
+        filters: channels of every conv (64 in the paper).
+        blocks: number of conv blocks (4).
+    """
+
+    num_classes: int
+    filters: int = 64
+    blocks: int = 4
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """(B, H, W, 1) images (uint8 ink 0-255, or floats in [0, 1]) -> (B, num_classes)."""
+        if x.dtype == jnp.uint8:
+            x = x.astype(jnp.float32) / 255.0
+        for _ in range(self.blocks):
+            x = nn.Conv(self.filters, (3, 3), strides=2, padding="SAME")(x)
+            x = nn.relu(BatchStatNorm()(x))
+        return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))

@@ -1,0 +1,1 @@
+"""Data sets read from disk (host side, numpy)."""

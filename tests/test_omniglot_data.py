@@ -1,0 +1,259 @@
+"""Omniglot reader, class splits, episodes and the conv net, on generated and real data."""
+
+import os
+import pathlib
+import zipfile
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from maml_dist import algorithms, models
+from maml_dist.checks import UserInputError
+from maml_dist.data import episodes, omniglot, splits
+from maml_dist.tasks.base import TaskBatch
+
+REAL = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
+
+
+def _make_set(root, name, alphabets, drawers=4):
+    """Writes <root>/<name>/<Alphabet>/characterNN/NNNN_DD.png, 105x105 1-bit images.
+
+    Like the real data, an image's file name and content depend only on its alphabet,
+    character and drawer, so a character written under two roots is the same files.
+    """
+    for alphabet, characters in alphabets.items():
+        for c in range(1, characters + 1):
+            folder = root / name / alphabet / f"character{c:02d}"
+            folder.mkdir(parents=True)
+            number = 100 * (ord(alphabet[0]) - ord("A")) + c
+            for d in range(1, drawers + 1):
+                rng = np.random.default_rng([number, d])
+                pixels = np.ones((105, 105), bool)  # white background, black ink
+                r, col = rng.integers(10, 80, 2)
+                pixels[r : r + 20, col : col + 5] = False
+                Image.fromarray(pixels).save(folder / f"{number:04d}_{d:02d}.png")
+    return root / name
+
+
+def _zip(folder):
+    archive = folder.with_suffix(".zip")
+    with zipfile.ZipFile(archive, "w") as z:
+        for path in sorted(folder.rglob("*")):
+            z.write(path, path.relative_to(folder.parent).as_posix())
+    return archive
+
+
+@pytest.fixture
+def tree(tmp_path):
+    small1 = _make_set(tmp_path, "images_background_small1", {"Alpha": 3, "Beta": 2})
+    small2 = _make_set(tmp_path / "other", "images_background_small2", {"Beta": 2, "Gamma": 2})
+    return tmp_path, small1, small2
+
+
+def test_folder_and_zip_give_the_same_arrays(tree, tmp_path):
+    _, small1, _ = tree
+    from_folder = omniglot.load([str(small1)])
+    from_zip = omniglot.load([str(_zip(small1))])
+    assert from_folder.images.shape == (20, 28, 28)
+    assert from_folder.images.dtype == np.uint8
+    np.testing.assert_array_equal(from_folder.images, from_zip.images)
+    assert from_folder.classes == from_zip.classes
+    assert from_folder.classes[0] == ("Alpha", "character01")
+    assert sorted(set(from_folder.drawers.tolist())) == [1, 2, 3, 4]
+    # Ink is 1 (255): the drawn bar is bright, the background dark.
+    assert from_folder.images.mean() < 60
+    assert from_folder.images.max() == 255
+
+
+def test_duplicates_across_roots_are_counted_once(tree):
+    _, small1, small2 = tree
+    # Beta character01-02 exist under both roots with the same file names (same images).
+    data = omniglot.load([str(small1), str(_zip(small2))])
+    assert len(data.classes) == 3 + 2 + 2
+    assert len(data.images) == 7 * 4
+    assert data.alphabets == ("Alpha", "Beta", "Gamma")
+
+
+def test_find_sources_takes_zips_or_folders(tree):
+    root, small1, small2 = tree
+    _zip(small2)
+    os.rename(small2.with_suffix(".zip"), root / "images_background_small2.zip")
+    found = omniglot.find_sources(
+        str(root), ("images_background_small1", "images_background_small2")
+    )
+    assert found == [str(small1), str(root / "images_background_small2.zip")]
+
+
+def test_cache_is_used_and_keyed_by_content(tree, tmp_path):
+    _, small1, _ = tree
+    archive = _zip(small1)
+    cache = tmp_path / "cache"
+    first = omniglot.load([str(archive)], cache_dir=str(cache))
+    (cached,) = list(cache.iterdir())
+    again = omniglot.load([str(archive)], cache_dir=str(cache))
+    np.testing.assert_array_equal(first.images, again.images)
+    assert again.classes == first.classes
+    # Changing the source changes the key: a second cache file appears.
+    with zipfile.ZipFile(archive, "a") as z:
+        z.writestr(
+            "images_background_small1/Alpha/character09/0099_01.png",
+            (small1 / "Alpha" / "character01" / "0001_01.png").read_bytes(),
+        )
+    changed = omniglot.load([str(archive)], cache_dir=str(cache))
+    assert len(changed.images) == len(first.images) + 1
+    assert len(list(cache.iterdir())) == 2 and cached.exists()
+
+
+def test_bad_sources_name_the_path(tree, tmp_path):
+    _, small1, _ = tree
+    with pytest.raises(UserInputError, match=r"does not exist; get images_background\.zip"):
+        omniglot.load([str(tmp_path / "nope.zip")])
+    with pytest.raises(UserInputError, match=r"does not exist; get images_background\.zip"):
+        omniglot.find_sources(str(tmp_path / "missing_dir"), ("images_background",))
+    with pytest.raises(UserInputError, match=r"images_evaluation\.zip' nor a folder"):
+        omniglot.find_sources(str(tmp_path), ("images_evaluation",))
+    corrupt = tmp_path / "corrupt.zip"
+    corrupt.write_bytes(b"PK\x03\x04 definitely not a zip")
+    with pytest.raises(UserInputError, match=f"'{corrupt}' is not a readable zip file"):
+        omniglot.load([str(corrupt)])
+    empty = tmp_path / "empty.zip"
+    zipfile.ZipFile(empty, "w").close()
+    with pytest.raises(UserInputError, match=f"'{empty}' holds no Omniglot images"):
+        omniglot.load([str(empty)])
+    bad = small1 / "Alpha" / "character01" / "0001_05.png"
+    bad.write_text("not an image")
+    with pytest.raises(UserInputError, match=f"'{bad}' is not an image"):
+        omniglot.load([str(small1)])
+    with pytest.raises(UserInputError, match="is not an image"):
+        omniglot.load([str(_zip(small1))])
+
+
+def test_alphabet_split_is_disjoint_by_alphabet(tree):
+    _, small1, small2 = tree
+    data = omniglot.load([str(small1), str(small2)])
+    split = splits.alphabet_split(data, held_out=("Gamma",))
+    test_alphabets = {data.classes[i][0] for i in split.test}
+    train_alphabets = {data.classes[i][0] for i in split.train}
+    assert test_alphabets == {"Gamma"} and "Gamma" not in train_alphabets
+    assert len(split.train) + len(split.test) == len(data.classes)
+    by_seed = splits.alphabet_split(data, num_held_out=1, seed=3)
+    again = splits.alphabet_split(data, num_held_out=1, seed=3)
+    np.testing.assert_array_equal(by_seed.test, again.test)
+    with pytest.raises(UserInputError, match="unknown alphabet"):
+        splits.alphabet_split(data, held_out=("Klingon",))
+    with pytest.raises(UserInputError, match="at least one and at most 2"):
+        splits.alphabet_split(data, num_held_out=3)
+
+
+def test_standard_split_is_seeded_and_disjoint(tree):
+    _, small1, small2 = tree
+    data = omniglot.load([str(small1), str(small2)])
+    split = splits.standard_split(data, num_train=4, seed=1)
+    assert len(split.train) == 4 and len(split.test) == 3
+    assert not set(split.train) & set(split.test)
+    np.testing.assert_array_equal(split.train, splits.standard_split(data, 4, 1).train)
+    with pytest.raises(UserInputError, match="needs more than 1200 characters, the data has 7"):
+        splits.standard_split(data)
+
+
+def test_episodes_shapes_labels_and_determinism(tree):
+    _, small1, small2 = tree
+    data = omniglot.load([str(small1), str(small2)])
+    sampler = episodes.EpisodeSampler(
+        data, np.arange(7), ways=3, shots=1, queries=2, rotations=True
+    )
+    a = sampler.episode(seed=0, stream=0, step=5, index=2)
+    assert a.support_x.shape == (3, 28, 28, 1) and a.query_x.shape == (6, 28, 28, 1)
+    np.testing.assert_array_equal(a.support_y, [0, 1, 2])
+    np.testing.assert_array_equal(a.query_y, [0, 0, 1, 1, 2, 2])
+    # A pure function of (seed, stream, step, index), whatever batch it is built in.
+    batch = sampler.batch(0, 0, 5, [7, 2, 9])
+    chex.assert_trees_all_equal(jax.tree.map(lambda x: x[1], batch), a)
+    # Labels are permuted per episode: the same image content gets different labels.
+    firsts = {sampler.episode(0, 0, s, 0).support_x[0].tobytes(): s for s in range(40)}
+    assert len(firsts) > 10
+    with pytest.raises(UserInputError, match="10-way episodes need at least 10 classes"):
+        episodes.EpisodeSampler(data, np.arange(2), ways=10, shots=1, queries=1, rotations=False)
+    with pytest.raises(UserInputError, match="shots \\+ queries = 5 images per class"):
+        episodes.EpisodeSampler(data, np.arange(7), ways=2, shots=2, queries=3, rotations=False)
+
+
+def test_rotations_are_extra_classes_of_the_same_split(tree):
+    _, small1, _ = tree
+    data = omniglot.load([str(small1)])
+    sampler = episodes.EpisodeSampler(
+        data, np.arange(2), ways=8, shots=1, queries=0, rotations=True
+    )
+    ep = sampler.episode(0, 0, 0, 0)  # all 2 x 4 classes: each base image in 4 rotations
+    base = {data.images[i].tobytes() for i in np.flatnonzero(np.isin(data.labels, [0, 1]))}
+    for image in ep.support_x[..., 0]:
+        assert any(np.rot90(image, k).tobytes() in base for k in range(4))
+
+
+def test_conv_net_shapes_and_batch_statistics():
+    model = models.ConvNet(num_classes=5)
+    x = jnp.zeros((7, 28, 28, 1), jnp.uint8)
+    params = model.init(jax.random.key(0), x)["params"]
+    assert model.apply({"params": params}, x).shape == (7, 5)
+    kernels = [p["kernel"].shape for k, p in sorted(params.items()) if k.startswith("Conv")]
+    assert kernels == [(3, 3, 1, 64)] + [(3, 3, 64, 64)] * 3
+    assert params["Dense_0"]["kernel"].shape == (2 * 2 * 64, 5)
+    # Transductive batch norm: an image's output depends on the rest of its batch.
+    rng = np.random.default_rng(0)
+    batch = jnp.asarray(rng.integers(0, 255, (4, 28, 28, 1)), jnp.uint8)
+    other = batch.at[1:].set(jnp.asarray(rng.integers(0, 255, (3, 28, 28, 1)), jnp.uint8))
+    out_a = model.apply({"params": params}, batch)[0]
+    out_b = model.apply({"params": params}, other)[0]
+    assert not np.allclose(out_a, out_b)
+
+
+def test_vmap_and_loop_task_batching_agree_on_the_conv_net(tree):
+    _, small1, small2 = tree
+    data = omniglot.load([str(small1), str(small2)])
+    sampler = episodes.EpisodeSampler(
+        data, np.arange(7), ways=3, shots=1, queries=2, rotations=False
+    )
+    tasks = TaskBatch(*map(jnp.asarray, sampler.batch(0, 0, 0, range(4)).__dict__.values()))
+    model = models.ConvNet(num_classes=3, filters=8)
+    params = model.init(jax.random.key(0), tasks.support_x[0])["params"]
+
+    def loss_fn(p, x, y):
+        logits = model.apply({"params": p}, x)
+        return jnp.mean(-jax.nn.log_softmax(logits)[jnp.arange(len(y)), y])
+
+    inner = algorithms.InnerConfig(lr=0.4, steps=1)
+
+    def per_task(task):
+        return jax.value_and_grad(
+            lambda p: algorithms.task_losses(loss_fn, p, task, inner), has_aux=True
+        )(params)
+
+    vmapped = jax.jit(jax.vmap(per_task))(tasks)
+    looped = jax.jit(lambda t: jax.lax.map(per_task, t))(tasks)
+    (after_v, before_v), grads_v = vmapped
+    (after_l, before_l), grads_l = looped
+    np.testing.assert_allclose(after_v, after_l, rtol=1e-5)
+    np.testing.assert_allclose(before_v, before_l, rtol=1e-5)
+    # Compared as whole vectors: conv biases feeding batch norm have an exactly-zero true
+    # gradient, so their float noise (~1e-7) differs in relative terms between programs.
+    scale = np.linalg.norm(np.concatenate([np.ravel(x) for x in jax.tree.leaves(grads_v)]))
+    for g_v, g_l in zip(jax.tree.leaves(grads_v), jax.tree.leaves(grads_l), strict=True):
+        assert np.linalg.norm(np.asarray(g_v) - np.asarray(g_l)) <= 1e-5 * scale
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason="../shared/data/omniglot is not on this machine")
+def test_real_minimal_splits(tmp_path):
+    sources = omniglot.find_sources(
+        str(REAL), ("images_background_small1", "images_background_small2")
+    )
+    data = omniglot.load(sources, cache_dir=str(tmp_path))
+    # 8 alphabets, 242 distinct characters (Greek and Latin are in both), 20 drawers each.
+    assert len(data.alphabets) == 8 and len(data.classes) == 242
+    assert data.images.shape == (242 * 20, 28, 28)
+    assert sorted(set(data.drawers.tolist())) == list(range(1, 21))
+    split = splits.alphabet_split(data, held_out=("Greek", "Korean"))
+    assert not {data.classes[i][0] for i in split.train} & {"Greek", "Korean"}
