@@ -43,8 +43,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.first_order = False
     c.remat_inner = False
 
-    # How a device runs its tasks ("vmap" | "loop") and how devices combine them ("sum" |
-    # "ordered": bit-identical results for any device count). README, "Sharding".
+    # How a device runs its tasks ("vmap" | "loop" | "unroll") and how devices combine them
+    # ("sum" | "ordered": bit-identical results for any device count). README, "Sharding".
     c.task_batching = "vmap"
     c.reduction = "sum"
 

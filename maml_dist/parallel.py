@@ -64,7 +64,7 @@ def task_weights(indices: jax.Array, meta_batch_size: int) -> jax.Array:
     return jnp.where(indices < meta_batch_size, 1.0 / meta_batch_size, 0.0)
 
 
-BATCHINGS = ("vmap", "loop")
+BATCHINGS = ("vmap", "loop", "unroll")
 REDUCTIONS = ("sum", "ordered")
 
 
@@ -78,10 +78,13 @@ class MetaBatch:
         inner: inner-loop settings.
         meta_batch_size: real tasks per meta-step (padding excluded).
         seed: the run's seed; tasks come from its training stream.
-        batching: how a device runs its tasks: "vmap" (one batched program) or "loop"
-            (`lax.map`, one task at a time). XLA:CPU runs batched per-task conv weights
-            as slow grouped convolutions (DESIGN.md §5.8); "loop" also makes each task's
-            numbers independent of how many tasks share a device.
+        batching: how a device runs its tasks: "vmap" (one batched program), "loop"
+            (`lax.map`, one task at a time) or "unroll" (one task at a time, unrolled at
+            trace time). XLA:CPU runs batched per-task conv weights as slow grouped
+            convolutions (DESIGN.md §5.8), and convolutions inside a loop body ~9x slower
+            than the same code unrolled (measured, scripts/bench_omniglot_step.py), so
+            conv nets on CPU want "unroll" (longer compiles). "loop" and "unroll" make each
+            task's numbers independent of how many tasks share a device.
         reduction: "sum" adds each device's tasks, then the devices (one psum of a
             parameter-sized buffer); "ordered" gathers every task's terms and adds them in
             global task order on every device (a meta_batch x parameters psum), which with
@@ -119,6 +122,8 @@ def task_terms(spec: MetaBatch, params, step: jax.Array, indices: jax.Array) -> 
 
     if spec.batching == "loop":
         return jax.lax.map(one, indices)
+    if spec.batching == "unroll":
+        return jnp.stack([one(indices[j]) for j in range(indices.shape[0])])
     return jax.vmap(one)(indices)
 
 

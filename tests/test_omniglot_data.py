@@ -257,3 +257,32 @@ def test_real_minimal_splits(tmp_path):
     assert sorted(set(data.drawers.tolist())) == list(range(1, 21))
     split = splits.alphabet_split(data, held_out=("Greek", "Korean"))
     assert not {data.classes[i][0] for i in split.train} & {"Greek", "Korean"}
+
+
+def test_im2col_conv_equals_xla_conv_in_value_and_second_order_gradient():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.random((6, 28, 28, 1)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, 5, 6))
+    xla, im2col = models.ConvNet(5, filters=8), models.ConvNet(5, filters=8, conv_impl="im2col")
+    params = xla.init(jax.random.key(0), x)["params"]
+    assert jax.tree.structure(params) == jax.tree.structure(
+        im2col.init(jax.random.key(0), x)["params"]
+    )
+
+    def maml_loss(model):
+        def loss(p, xx):
+            logits = model.apply({"params": p}, xx)
+            return jnp.mean(-jax.nn.log_softmax(logits)[jnp.arange(6), y])
+
+        def outer(p):  # one inner step, then the loss: a second-order meta-gradient
+            inner = jax.tree.map(lambda a, g: a - 0.4 * g, p, jax.grad(loss)(p, x))
+            return loss(inner, x[::-1])
+
+        return outer
+
+    np.testing.assert_allclose(
+        xla.apply({"params": params}, x), im2col.apply({"params": params}, x), atol=1e-5
+    )
+    chex.assert_trees_all_close(
+        jax.grad(maml_loss(xla))(params), jax.grad(maml_loss(im2col))(params), rtol=1e-4, atol=1e-5
+    )

@@ -39,7 +39,12 @@ def _sharded(spec, params, num_devices):
 @pytest.mark.parametrize("num_devices", [1, 2, 4, 8])
 @pytest.mark.parametrize(
     ("batching", "reduction", "first_order"),
-    [("vmap", "sum", False), ("vmap", "sum", True), ("loop", "ordered", False)],
+    [
+        ("vmap", "sum", False),
+        ("vmap", "sum", True),
+        ("loop", "ordered", False),
+        ("unroll", "sum", False),
+    ],
 )
 def test_sharded_equals_reference(num_devices, batching, reduction, first_order):
     spec, params = _spec(

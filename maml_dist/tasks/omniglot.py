@@ -26,10 +26,16 @@ class OmniglotFamily:
         self.image_size = config.omniglot.image_size
         self.filters = config.model.filters
         self.blocks = config.model.blocks
+        self.conv_impl = config.model.conv_impl
 
     def make_model(self) -> models.ConvNet:
         """The 4-block stride-2 conv net with an N-way linear head."""
-        return models.ConvNet(num_classes=self.ways, filters=self.filters, blocks=self.blocks)
+        return models.ConvNet(
+            num_classes=self.ways,
+            filters=self.filters,
+            blocks=self.blocks,
+            conv_impl=self.conv_impl,
+        )
 
     def loss(self, logits: jax.Array, labels: jax.Array) -> jax.Array:
         """Mean softmax cross-entropy."""
