@@ -102,8 +102,18 @@ class MetaBatch:
     fuse_collectives: bool = True
 
 
-def task_terms(spec: MetaBatch, params, step: jax.Array, indices: jax.Array) -> jax.Array:
+def task_terms(
+    spec: MetaBatch, params, step: jax.Array, indices: jax.Array, tasks: TaskBatch | None = None
+) -> jax.Array:
     """Per-task meta-gradient and losses of the tasks `indices` (global) of meta-step `step`.
+
+    Args:
+        spec: what a meta-step computes.
+        params: meta-parameters.
+        step: the meta-step (selects the sampled tasks).
+        indices: global task indices.
+        tasks: the tasks themselves, one per index, when the host samples them
+            (`spec.sample_fn` is None); otherwise sampled here on the device.
 
     Returns:
         (len(indices), num_params + 2): each row is [flat meta-gradient, loss after
@@ -111,8 +121,10 @@ def task_terms(spec: MetaBatch, params, step: jax.Array, indices: jax.Array) -> 
     """
     root = stream_key(spec.seed, TRAIN_STREAM)
 
-    def one(index):
-        task = spec.sample_fn(task_key(root, step, index))
+    def one(index_and_task):
+        index, task = index_and_task
+        if task is None:
+            task = spec.sample_fn(task_key(root, step, index))
 
         def objective(p):
             return algorithms.task_losses(spec.loss_fn, p, task, spec.inner)
@@ -120,11 +132,14 @@ def task_terms(spec: MetaBatch, params, step: jax.Array, indices: jax.Array) -> 
         (after, before), grads = jax.value_and_grad(objective, has_aux=True)(params)
         return jnp.concatenate([ravel_pytree(grads)[0], jnp.stack([after, before])])
 
+    xs = (indices, tasks)
     if spec.batching == "loop":
-        return jax.lax.map(one, indices)
+        return jax.lax.map(one, xs)
     if spec.batching == "unroll":
-        return jnp.stack([one(indices[j]) for j in range(indices.shape[0])])
-    return jax.vmap(one)(indices)
+        return jnp.stack(
+            [one(jax.tree.map(lambda a, j=j: a[j], xs)) for j in range(indices.shape[0])]
+        )
+    return jax.vmap(one)(xs)
 
 
 def ordered_sum(rows: jax.Array) -> jax.Array:
@@ -152,7 +167,7 @@ def make_meta_grad_fn(spec: MetaBatch, mesh: jax.sharding.Mesh) -> Callable:
     """
     layout = TaskLayout(spec.meta_batch_size, mesh.shape[AXIS])
 
-    def body(params, step):
+    def body(params, step, tasks=None):
         # Without this, jax.grad w.r.t. replicated params inside shard_map returns the
         # gradient summed over devices (DESIGN.md §4), silently mixing other devices' tasks
         # into each device's inner adaptation.
@@ -160,7 +175,7 @@ def make_meta_grad_fn(spec: MetaBatch, mesh: jax.sharding.Mesh) -> Callable:
         first = jax.lax.axis_index(AXIS) * layout.per_device
         indices = first + jnp.arange(layout.per_device)
         terms = task_weights(indices, spec.meta_batch_size)[:, None] * task_terms(
-            spec, params, step, indices
+            spec, params, step, indices, tasks
         )
         if spec.reduction == "ordered":
             # Place this device's rows at their global positions; the psum then adds only
@@ -176,18 +191,25 @@ def make_meta_grad_fn(spec: MetaBatch, mesh: jax.sharding.Mesh) -> Callable:
             return jax.tree.map(lambda x: jax.lax.psum(x, AXIS), grads_and_metrics)
         return _unpack(params, total)
 
+    if spec.sample_fn is None:  # tasks come from the host, split over the devices
+        return jax.shard_map(body, mesh=mesh, in_specs=(P(), P(), P(AXIS)), out_specs=(P(), P()))
     return jax.shard_map(body, mesh=mesh, in_specs=(P(), P()), out_specs=(P(), P()))
 
 
-def reference_meta_grads(spec: MetaBatch, params, step):
+def reference_meta_grads(spec: MetaBatch, params, step, tasks: TaskBatch | None = None):
     """Unsharded reference: `jax.grad` of the meta-objective over the whole meta-batch.
 
     Written from `algorithms.meta_objective` directly (not from `task_terms`), so the
-    sharded path is checked against an independent formulation.
+    sharded path is checked against an independent formulation. `tasks` are the
+    host-sampled tasks (leading axis = meta-batch, padding allowed) when
+    `spec.sample_fn` is None.
     """
     root = stream_key(spec.seed, TRAIN_STREAM)
-    indices = jnp.arange(spec.meta_batch_size)
-    tasks = jax.vmap(lambda i: spec.sample_fn(task_key(root, step, i)))(indices)
+    if tasks is None:
+        indices = jnp.arange(spec.meta_batch_size)
+        tasks = jax.vmap(lambda i: spec.sample_fn(task_key(root, step, i)))(indices)
+    else:
+        indices = jnp.arange(tasks.support_x.shape[0])
     weights = task_weights(indices, spec.meta_batch_size)
     (loss, aux), grads = jax.value_and_grad(algorithms.meta_objective, argnums=1, has_aux=True)(
         spec.loss_fn, params, tasks, weights, spec.inner
@@ -196,10 +218,15 @@ def reference_meta_grads(spec: MetaBatch, params, step):
 
 
 def make_train_step(meta_grad_fn: Callable, tx: optax.GradientTransformation) -> Callable:
-    """Returns the pure `state -> (state, metrics)` meta-update."""
+    """Returns the pure `(state[, tasks]) -> (state, metrics)` meta-update.
 
-    def train_step(state: TrainState):
-        grads, metrics = meta_grad_fn(state.params, state.step)
+    `tasks` (the meta-batch, sharded over the task axis) is passed when the host samples
+    them; device-sampled families take none.
+    """
+
+    def train_step(state: TrainState, tasks: TaskBatch | None = None):
+        extra = () if tasks is None else (tasks,)
+        grads, metrics = meta_grad_fn(state.params, state.step, *extra)
         # Keeps XLA from fusing the update into the gradient computation: fusion (and so
         # FMA contraction) there depends on the device count, and would break the
         # bit-identity that task_batching="loop" + reduction="ordered" promise.
@@ -210,6 +237,20 @@ def make_train_step(meta_grad_fn: Callable, tx: optax.GradientTransformation) ->
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step
+
+
+def make_multi_step_over(train_step: Callable) -> Callable:
+    """Returns jitted `(state, batches) -> (state, metrics)` over host-sampled batches.
+
+    `batches` stacks one meta-batch per step on a leading axis (sharded
+    `P(None, "tasks")`); the steps run as one `lax.scan`, like `make_multi_step`.
+    """
+
+    @functools.partial(jax.jit, donate_argnums=0)
+    def run(state, batches):
+        return jax.lax.scan(train_step, state, batches)
+
+    return run
 
 
 def make_multi_step(train_step: Callable) -> Callable:
