@@ -66,6 +66,17 @@ def _params(workdir, step):
     return jax.device_get(params)
 
 
+def _assert_same_run(workdir, reference):
+    """Same logged losses and the same final (step 60) parameters, bit for bit."""
+    assert _losses(workdir) == _losses(reference)
+    for a, b in zip(
+        jax.tree.leaves(_params(workdir, 60)),
+        jax.tree.leaves(_params(reference, 60)),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.fixture(scope="module")
 def one_by_eight(tmp_path_factory):
     """Reference: 1 process x 8 devices, 60 steps, deterministic mode."""
@@ -86,13 +97,7 @@ def two_by_four(tmp_path_factory):
 
 def test_two_processes_equal_one_process_bit_for_bit(one_by_eight, two_by_four):
     assert len(_losses(two_by_four)) == 6
-    assert _losses(two_by_four) == _losses(one_by_eight)
-    for a, b in zip(
-        jax.tree.leaves(_params(two_by_four, 60)),
-        jax.tree.leaves(_params(one_by_eight, 60)),
-        strict=True,
-    ):
-        np.testing.assert_array_equal(a, b)
+    _assert_same_run(two_by_four, one_by_eight)
     # Only process 0 writes the run files; every process logs.
     logs = sorted(os.listdir(os.path.join(two_by_four, "logs")))
     assert logs == ["process_0.log", "process_1.log"]
@@ -129,13 +134,7 @@ def test_resume_across_topologies(first, one_by_eight, tmp_path):
             2, 4, TINY, f"--workdir={workdir}", *_overrides(num_steps=60, **DETERMINISTIC)
         )
         assert rc == 0, err[-3000:]
-    assert _losses(workdir) == _losses(one_by_eight)
-    for a, b in zip(
-        jax.tree.leaves(_params(workdir, 60)),
-        jax.tree.leaves(_params(one_by_eight, 60)),
-        strict=True,
-    ):
-        np.testing.assert_array_equal(a, b)
+    _assert_same_run(workdir, one_by_eight)
 
 
 def test_evaluate_across_two_processes_matches_one(two_by_four):
