@@ -104,22 +104,39 @@ def meta_objective(
 
 
 def adaptation_curve(
-    loss_fn: LossFn, params: Params, task: TaskBatch, lr: float, steps: int
+    loss_fn: LossFn,
+    params: Params,
+    task: TaskBatch,
+    lr: float,
+    steps: int,
+    metrics: tuple[LossFn, ...] | None = None,
 ) -> jax.Array:
-    """Query loss of one task after 0, 1, ..., `steps` inner SGD steps.
+    """Query metrics of one task after 0, 1, ..., `steps` inner SGD steps on `loss_fn`.
+
+    Args:
+        loss_fn: the loss adapted on.
+        params: meta-parameters.
+        task: one task.
+        lr: inner step size.
+        steps: inner steps.
+        metrics: functions `(params, x, y) -> scalar` scored on the query set after
+            each step; default `(loss_fn,)`.
 
     Returns:
-        Array of shape (steps + 1,).
+        Array of shape (steps + 1, len(metrics)).
     """
+    metrics = (loss_fn,) if metrics is None else metrics
+
+    def scores(p):
+        return jnp.stack([m(p, task.query_x, task.query_y) for m in metrics])
 
     def body(p, _):
-        query = loss_fn(p, task.query_x, task.query_y)
+        query = scores(p)
         p = sgd_step(loss_fn, p, task.support_x, task.support_y, lr, first_order=True)
         return p, query
 
-    final, losses = jax.lax.scan(body, params, None, length=steps)
-    last = loss_fn(final, task.query_x, task.query_y)
-    return jnp.concatenate([losses, last[None]])
+    final, history = jax.lax.scan(body, params, None, length=steps)
+    return jnp.concatenate([history, scores(final)[None]])
 
 
 def make_loss_fn(model, task_loss: Callable[[jax.Array, jax.Array], jax.Array]) -> LossFn:

@@ -9,11 +9,10 @@ import tempfile
 
 import ml_collections
 
-from maml_dist.parallel import BATCHINGS, REDUCTIONS
+from maml_dist.errors import UserInputError
+from maml_dist.parallel import AUTO, BATCHINGS, REDUCTIONS
 
-
-class UserInputError(ValueError):
-    """Bad input from the command line or a config; the message says what and how to fix it."""
+__all__ = ["UserInputError", "check_meta_batch", "check_resume_compatible", "validate_config"]
 
 
 _POSITIVE_INTS = (
@@ -37,13 +36,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     Raises:
         UserInputError: naming the field, the bad value and what is allowed.
     """
-    for name in _POSITIVE_INTS + _NON_NEGATIVE_INTS:
+    optional = tuple(n for n in ("host_chunk_steps", "ways") if n in config)
+    for name in _POSITIVE_INTS + _NON_NEGATIVE_INTS + optional:
         value = config[name]
         if isinstance(value, bool) or not isinstance(value, int):
             raise UserInputError(
                 f"config.{name} must be an integer, got {value!r}; pass e.g. --config.{name}=10"
             )
-        lowest = 1 if name in _POSITIVE_INTS else 0
+        lowest = 0 if name in _NON_NEGATIVE_INTS else 1
         if value < lowest:
             kind = "positive" if lowest else "non-negative"
             raise UserInputError(
@@ -57,7 +57,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                 f"config.{name} must be a positive finite number, got {value!r}; "
                 f"pass e.g. --config.{name}=0.001"
             )
-    for name, allowed in (("task_batching", BATCHINGS), ("reduction", REDUCTIONS)):
+    for name, allowed in (("task_batching", (*BATCHINGS, AUTO)), ("reduction", REDUCTIONS)):
         if config[name] not in allowed:
             raise UserInputError(
                 f"config.{name} must be one of {', '.join(map(repr, allowed))}, got "
@@ -106,7 +106,16 @@ def check_workdir_writable(workdir: str) -> None:
 
 # Fields that may change when a run is resumed: they do not change what is being trained.
 RESUMABLE_CHANGES = frozenset(
-    {"num_steps", "log_every", "eval_every", "checkpoint_every", "max_to_keep", "eval_tasks"}
+    {
+        "num_steps",
+        "log_every",
+        "eval_every",
+        "checkpoint_every",
+        "max_to_keep",
+        "eval_tasks",
+        "host_chunk_steps",  # chunking does not change the batches of any step
+        "data_dir",  # the same data may live elsewhere on another machine
+    }
 )
 
 

@@ -79,7 +79,7 @@ def start_runtime(prog: str):
     import jax  # the entry points import this module before jax-heavy ones
 
     from maml_dist import distributed
-    from maml_dist.checks import UserInputError
+    from maml_dist.errors import UserInputError
 
     logging.get_absl_handler().addFilter(_QuietLibraries())
     f = flags.FLAGS
@@ -107,7 +107,7 @@ def run_reporting_errors(prog: str, fn, watch=None) -> None:
     """
     import jax
 
-    from maml_dist.checks import UserInputError
+    from maml_dist.errors import UserInputError
 
     try:
         fn()

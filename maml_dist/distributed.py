@@ -13,7 +13,7 @@ import time
 
 import jax
 
-from maml_dist.checks import UserInputError
+from maml_dist.errors import UserInputError
 
 
 def cluster_detected(environ: dict[str, str] | None = None) -> bool:

@@ -8,12 +8,14 @@ import os
 import jax
 import ml_collections
 import numpy as np
+from PIL import Image
 
 from maml_dist import checks, meta_test, parallel, plotting, tasks
 from maml_dist import state as state_lib
 from maml_dist.checkpointing import Checkpointer, has_checkpoint
+from maml_dist.data import omniglot_runs as omniglot_runs_lib
 from maml_dist.problem import make_problem
-from maml_dist.tasks.base import TEST_STREAM
+from maml_dist.tasks.base import TEST_STREAM, TaskBatch
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
@@ -66,42 +68,76 @@ def evaluate(
     workdir: str,
     step: int | None = None,
     num_tasks: int = 600,
-    shots: tuple[int, ...] = (5, 10, 20),
+    shots: tuple[int, ...] | None = None,
     max_inner_steps: int = 10,
     seed: int | None = None,
-    num_query: int = 100,
+    num_query: int | None = None,
+    omniglot_runs: str | None = None,
 ) -> dict:
     """Meta-tests a checkpoint on `num_tasks` fixed test tasks for each K in `shots`.
 
-    Test tasks come from the seed's test stream, which training never samples. Writes
-    `workdir/eval/results.json`, `curves.png` and `example_fits.png`.
+    Test tasks come from the seed's test stream (and, for classification, from the
+    meta-test classes), which training never samples. Writes `workdir/eval/results.json`,
+    `curves.png` and an example picture (`example_fits.png` or `example_episode.png`).
+
+    Args:
+        workdir: the run directory.
+        step: checkpoint step (default: the latest).
+        num_tasks: test tasks per K.
+        shots: support sizes K (default: 5, 10, 20 for regression; the run's K for
+            classification, whose N is fixed by the network's head).
+        max_inner_steps: report after 0..max_inner_steps inner steps.
+        seed: seed of the test tasks (default: the run's).
+        num_query: query points per task (regression, default 100) or query images per
+            class (classification, default 15).
+        omniglot_runs: path of Lake et al.'s one-shot runs (folder or all_runs.zip), to
+            report their error rates too (20-way classification runs only).
 
     Returns:
         The results dict (see README for its shape).
     """
-    if num_tasks < 2 or max_inner_steps < 0 or num_query < 1 or not shots or min(shots) < 1:
+    if (
+        num_tasks < 2
+        or max_inner_steps < 0
+        or (num_query is not None and num_query < 1)
+        or (shots is not None and (not shots or min(shots) < 1))
+    ):
         raise checks.UserInputError(
             "need --num_tasks >= 2, --max_inner_steps >= 0, --num_query >= 1 and positive "
             "--shots (e.g. --shots=5,10,20)"
         )
     config = load_run_config(workdir)
+    problem = make_problem(config)
+    family = problem.family
+    classification = family.kind == "classification"
+    if omniglot_runs is not None and (family.name != "omniglot" or config.ways != 20):
+        raise checks.UserInputError(
+            f"the one-shot runs are 20-way Omniglot problems; this run is {family.name!r}"
+            + (f" {config.ways}-way" if family.name == "omniglot" else "")
+            + ", so evaluate a 20-way run (e.g. one of configs/omniglot_20w1s.py)"
+        )
+    runs = None
+    if omniglot_runs is not None:  # read before any compile, so bad files fail fast
+        runs = omniglot_runs_lib.load_runs(omniglot_runs, config.omniglot.image_size)
+    shots = shots or ((config.shots,) if classification else (5, 10, 20))
+    num_query = num_query or (15 if classification else 100)
     seed = config.seed if seed is None else seed
     params, step = restore_params(config, workdir, step)
-    problem = make_problem(config)
-    family, model, loss_fn = problem.family, problem.model, problem.loss_fn
+    metrics = (problem.score_fn,)
 
     results, examples = [], []
     for k in shots:
-        test = meta_test.sample_tasks(family, seed, TEST_STREAM, num_tasks, k, num_query)
-        test = jax.device_put(jax.device_get(test), jax.tree.leaves(params)[0].sharding)
+        test = problem.fixed_tasks(seed, TEST_STREAM, num_tasks, k, num_query)
         curves = meta_test.adaptation_curves(
-            loss_fn, params, test, config.inner_lr, max_inner_steps
-        )
-        curves = jax.device_get(curves)
+            problem.loss_fn, params, test, config.inner_lr, max_inner_steps, metrics
+        )[..., 0]
         mean, ci = meta_test.mean_and_ci95(curves)
+        result = {"shots": k}
+        if classification:
+            result["ways"] = config.ways
         results.append(
             {
-                "shots": k,
+                **result,
                 "inner_steps": list(range(max_inner_steps + 1)),
                 "mean": _json_numbers(mean),
                 "ci95": _json_numbers(ci),
@@ -111,7 +147,10 @@ def evaluate(
                 "nonfinite": np.sum(~np.isfinite(curves), axis=0).tolist(),
             }
         )
-        examples.append(_example(model, loss_fn, params, test, config.inner_lr, max_inner_steps))
+        first = jax.device_put(
+            jax.tree.map(lambda a: np.asarray(a)[0], test), jax.tree.leaves(params)[0].sharding
+        )
+        examples.append(_example(problem, params, first, config.inner_lr, max_inner_steps))
 
     report = {
         "task": config.task,
@@ -123,14 +162,40 @@ def evaluate(
         "inner_lr": config.inner_lr,
         "results": results,
     }
+    if runs is not None:
+        report["omniglot_runs"] = _one_shot_runs(problem, params, runs, config, max_inner_steps)
     if jax.process_index() == 0:
         out = os.path.join(workdir, "eval")
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "results.json"), "w") as f:
             json.dump(report, f, indent=2, allow_nan=False)
         plotting.save_curves(os.path.join(out, "curves.png"), results, family.metric)
-        plotting.save_example_fits(os.path.join(out, "example_fits.png"), examples)
+        if classification:
+            Image.fromarray(examples[0]).save(os.path.join(out, "example_episode.png"))
+        else:
+            plotting.save_example_fits(os.path.join(out, "example_fits.png"), examples)
     return report
+
+
+def _one_shot_runs(problem, params, runs, config, steps: int) -> dict:
+    """Error rate of each one-shot run after adapting `steps` steps on its 20 images."""
+    tasks = TaskBatch(
+        support_x=np.stack([r.support_x[..., None] for r in runs]),
+        support_y=np.stack([np.arange(len(r.support_x), dtype=np.int32) for r in runs]),
+        query_x=np.stack([r.query_x[..., None] for r in runs]),
+        query_y=np.stack([r.query_y for r in runs]),
+    )
+    curves = meta_test.adaptation_curves(
+        problem.loss_fn, params, tasks, config.inner_lr, steps, (problem.score_fn,)
+    )
+    errors = 1.0 - curves[:, -1, 0]
+    return {
+        "error_rate": float(errors.mean()),  # every run has 20 test items: the item mean
+        "inner_steps": steps,
+        "per_run": [
+            {"run": r.name, "error_rate": float(e)} for r, e in zip(runs, errors, strict=True)
+        ],
+    }
 
 
 def _json_numbers(values: np.ndarray) -> list[float | None]:
@@ -138,13 +203,16 @@ def _json_numbers(values: np.ndarray) -> list[float | None]:
     return [float(v) if np.isfinite(v) else None for v in values]
 
 
-def _example(model, loss_fn, params, test, lr: float, steps: int) -> dict:
-    """Arrays for an example-fit panel of the first test task (query points as the curve)."""
-    task = jax.tree.map(lambda a: a[0], test)
+def _example(problem, params, task, lr: float, steps: int):
+    """The example picture's data for one test task: a fit panel, or an episode image."""
     before, after = meta_test.adapted_predictions(
-        model, loss_fn, params, task, lr, steps, task.query_x
+        problem.model, problem.loss_fn, params, task, lr, steps, task.query_x
     )
     task, before, after = jax.device_get((task, before, after))
+    if problem.family.kind == "classification":
+        return plotting.episode_image(
+            task.support_x, task.support_y, task.query_x, task.query_y, after.argmax(-1)
+        )
     return {
         "x": task.query_x[:, 0],
         "y_true": task.query_y[:, 0],
@@ -172,4 +240,13 @@ def format_table(report: dict) -> str:
             for m, c in zip(r["mean"], r["ci95"], strict=True)
         )
         rows.append(f"{r['shots']:>4} | {cells}")
+    if "ways" in report["results"][0]:
+        rows[0] += f"; {report['results'][0]['ways']}-way, K = shots per class"
+    runs = report.get("omniglot_runs")
+    if runs:
+        rows.append(
+            f"one-shot runs (Lake et al. 2015), error after {runs['inner_steps']} inner "
+            f"steps: {100 * runs['error_rate']:.1f}% overall"
+        )
+        rows.extend(f"  {r['run']}: {100 * r['error_rate']:.1f}%" for r in runs["per_run"])
     return "\n".join(rows)

@@ -26,12 +26,38 @@ def sample_tasks(
     return sample()
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4))
 def adaptation_curves(
-    loss_fn: algorithms.LossFn, params, tasks: TaskBatch, lr: float, steps: int
-) -> jax.Array:
-    """Query loss of every task after 0..steps inner steps: shape (num_tasks, steps + 1)."""
-    return jax.vmap(lambda t: algorithms.adaptation_curve(loss_fn, params, t, lr, steps))(tasks)
+    loss_fn: algorithms.LossFn,
+    params,
+    tasks: TaskBatch,
+    lr: float,
+    steps: int,
+    metrics: tuple[algorithms.LossFn, ...] | None = None,
+    chunk: int = 100,
+) -> np.ndarray:
+    """Query metrics of every task after 0..steps inner steps: (num_tasks, steps + 1, M).
+
+    Tasks go through in chunks of `chunk` (one compiled program, the last chunk padded),
+    so memory stays that of `chunk` tasks whatever their number: 600 20-way 5-shot
+    episodes at once would need tens of GiB of conv activations.
+    """
+    num_tasks = jax.tree.leaves(tasks)[0].shape[0]
+    chunk = min(chunk, num_tasks)
+    sharding = jax.tree.leaves(params)[0].sharding
+    out = []
+    for start in range(0, num_tasks, chunk):
+        # Indices past the end repeat the last task; their rows are dropped below.
+        rows = np.minimum(np.arange(start, start + chunk), num_tasks - 1)
+        part = jax.device_put(jax.tree.map(lambda a, r=rows: np.asarray(a)[r], tasks), sharding)
+        out.append(jax.device_get(_curves(loss_fn, params, part, lr, steps, metrics)))
+    return np.concatenate(out)[:num_tasks]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4, 5))
+def _curves(loss_fn, params, tasks: TaskBatch, lr: float, steps: int, metrics) -> jax.Array:
+    return jax.vmap(lambda t: algorithms.adaptation_curve(loss_fn, params, t, lr, steps, metrics))(
+        tasks
+    )
 
 
 def median(values: np.ndarray) -> np.ndarray:

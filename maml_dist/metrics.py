@@ -52,7 +52,7 @@ class MetricWriter:
             self._tb.close()
 
 
-_PERF = ("tasks_per_sec", "sec_per_step")
+_PERF = ("tasks_per_sec", "sec_per_step", "data_sec_per_step", "data_wait_sec_per_step")
 
 
 def tb_tag(name: str) -> str:

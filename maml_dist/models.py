@@ -8,6 +8,19 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+CONV_IMPLS = ("xla", "im2col", "auto")
+
+
+def resolve_conv_impl(name: str, backend: str | None = None) -> str:
+    """The conv implementation to use: `name`, or for "auto" "im2col" on CPU, else "xla".
+
+    XLA:CPU runs conv kernel gradients inside loop bodies ~77x slower than outside one
+    (PatchConv's docstring); accelerators run `nn.Conv` through their conv libraries.
+    """
+    if name != "auto":
+        return name
+    return "im2col" if (backend or jax.default_backend()) == "cpu" else "xla"
+
 
 class MLP(nn.Module):
     """Fully connected ReLU network; the sinusoid regressor of Finn et al. 2017.

@@ -1,6 +1,7 @@
-"""In-training validation: a fixed validation task set and the adaptation image.
+"""In-training validation: a fixed validation task set and one pictured task.
 
-The image is drawn for 1-D regression families (sinusoid).
+Regression families get the paper's fit figure; classification families a grid of one
+episode's support and query images with the adapted network's predicted labels.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import numpy as np
 from maml_dist import meta_test, plotting
 from maml_dist.tasks.base import IMAGE_STREAM, VALIDATION_STREAM
 
-# Points on which the adaptation image draws the true function and the predictions.
+# Points on which the regression image draws the true function and the predictions.
 _IMAGE_POINTS = 200
 
 
@@ -20,54 +21,59 @@ class Monitor:
     """Scores the meta-parameters on validation tasks that training never samples."""
 
     def __init__(self, config: ml_collections.ConfigDict, problem, sharding):
-        """Samples the validation set once and places it with `sharding`."""
-        family = problem.family
-        self.family, self.model, self.loss_fn = family, problem.model, problem.loss_fn
+        """Samples the validation set once; the pictured task is placed with `sharding`."""
+        self.problem = problem
         self.lr, self.steps, self.train_steps = (
             config.inner_lr,
             config.eval_inner_steps,
             config.inner_steps,
         )
-
-        def place(tasks):
-            return jax.device_put(jax.device_get(tasks), sharding)
-
-        self.tasks = place(
-            meta_test.sample_tasks(
-                family,
-                config.seed,
-                VALIDATION_STREAM,
-                config.eval_tasks,
-                config.shots,
-                config.num_query,
-            )
+        self.tasks = problem.fixed_tasks(
+            config.seed, VALIDATION_STREAM, config.eval_tasks, config.shots, config.num_query
         )
-        self.image_task = place(
-            meta_test.sample_tasks(
-                family, config.seed, IMAGE_STREAM, 1, config.shots, _IMAGE_POINTS
-            )
-        )
+        regression = problem.family.kind == "regression"
+        image_query = _IMAGE_POINTS if regression else config.num_query
+        image_task = problem.fixed_tasks(config.seed, IMAGE_STREAM, 1, config.shots, image_query)
+        self.image_task = jax.device_put(jax.device_get(image_task), sharding)
 
     def scalars(self, params) -> dict[str, float]:
-        """Mean validation metric after 0..eval_inner_steps inner steps."""
-        curves = meta_test.adaptation_curves(self.loss_fn, params, self.tasks, self.lr, self.steps)
-        mean = np.asarray(jax.device_get(curves)).mean(axis=0)
-        name = self.family.metric
-        return {f"eval_{name}_after_{k}_steps": float(v) for k, v in enumerate(mean)}
+        """Mean validation metric (and loss, if it differs) after 0..eval_inner_steps steps."""
+        p = self.problem
+        names = (p.family.metric,) if p.score_is_loss else (p.family.metric, "loss")
+        metrics = (p.score_fn,) if p.score_is_loss else (p.score_fn, p.loss_fn)
+        curves = meta_test.adaptation_curves(
+            p.loss_fn, params, self.tasks, self.lr, self.steps, metrics
+        )
+        mean = curves.mean(axis=0)
+        return {
+            f"eval_{name}_after_{k}_steps": float(v)
+            for j, name in enumerate(names)
+            for k, v in enumerate(mean[:, j])
+        }
 
     def image(self, params, render: bool = True) -> np.ndarray | None:
-        """The paper's figure for one validation task: truth, support, before and after.
+        """The picture of one validation task before and after `inner_steps` steps.
 
         Every process must call this (the predictions are a computation over the global
         mesh); only those with `render` draw the figure, the others get None.
         """
         task = jax.tree.map(lambda a: a[0], self.image_task)
         before, after = meta_test.adapted_predictions(
-            self.model, self.loss_fn, params, task, self.lr, self.train_steps, task.query_x
+            self.problem.model,
+            self.problem.loss_fn,
+            params,
+            task,
+            self.lr,
+            self.train_steps,
+            task.query_x,
         )
         if not render:
             return None
         task, before, after = jax.device_get((task, before, after))
+        if self.problem.family.kind == "classification":
+            return plotting.episode_image(
+                task.support_x, task.support_y, task.query_x, task.query_y, after.argmax(-1)
+            )
         return plotting.adaptation_image(
             task.query_x[:, 0],
             task.query_y[:, 0],

@@ -63,3 +63,55 @@ def save_example_fits(path: str, examples: list[dict]) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def episode_image(
+    support_x, support_y, query_x, query_y, predicted, max_queries: int = 5
+) -> np.ndarray:
+    """One classification episode as an (H, W, 3) uint8 image for TensorBoard.
+
+    A row per class (by label): its support images, a gap, then up to `max_queries` of its
+    query images, each framed green when the adapted network's predicted label is right and
+    red when wrong, with the predicted label written under it.
+    """
+    support_x, query_x = np.asarray(support_x)[..., 0], np.asarray(query_x)[..., 0]
+    ways = int(np.max(support_y)) + 1
+    size = support_x.shape[1]
+    cell = size + 4  # a 2-pixel frame on every side
+    shots = int(np.sum(np.asarray(support_y) == 0))
+    queries = min(max_queries, int(np.sum(np.asarray(query_y) == 0)))
+    columns = shots + 1 + queries
+    canvas = np.ones((ways * cell, columns * cell, 3), np.float32)
+    colors = {None: (0.6, 0.6, 0.6), True: (0.1, 0.7, 0.1), False: (0.9, 0.1, 0.1)}
+    labels = []
+
+    def put(row, col, image, correct):
+        y, x = row * cell, col * cell
+        canvas[y : y + cell, x : x + cell] = colors[correct]
+        canvas[y + 2 : y + 2 + size, x + 2 : x + 2 + size] = 1.0 - image[..., None] / 255.0
+
+    for c in range(ways):
+        for j, i in enumerate(np.flatnonzero(np.asarray(support_y) == c)[:shots]):
+            put(c, j, support_x[i], None)
+        for j, i in enumerate(np.flatnonzero(np.asarray(query_y) == c)[:queries]):
+            put(c, shots + 1 + j, query_x[i], bool(predicted[i] == c))
+            labels.append((c, shots + 1 + j, int(predicted[i])))
+    scale = 0.02
+    fig, ax = plt.subplots(figsize=(columns * cell * scale + 0.6, ways * cell * scale + 0.5))
+    ax.imshow(canvas, interpolation="nearest")
+    for row, col, label in labels:
+        ax.text(
+            col * cell + cell / 2,
+            row * cell + cell - 3,
+            str(label),
+            ha="center",
+            va="bottom",
+            fontsize=6,
+            color="tab:blue",
+        )
+    ax.set_xticks([(shots - 1) * cell / 2 + cell / 2, (shots + 1 + (queries - 1) / 2) * cell + 2])
+    ax.set_xticklabels(["support", "query (predicted label)"], fontsize=7)
+    ax.set_yticks(np.arange(ways) * cell + cell / 2)
+    ax.set_yticklabels([str(c) for c in range(ways)], fontsize=6)
+    fig.tight_layout()
+    return _to_rgb(fig)

@@ -1,4 +1,4 @@
-"""A config's learning problem: task family, network, per-task loss and task sampler."""
+"""A config's learning problem: task family, network, per-task loss, metric and tasks."""
 
 from __future__ import annotations
 
@@ -9,8 +9,14 @@ import flax.linen as nn
 import jax
 import ml_collections
 
-from maml_dist import algorithms, tasks
-from maml_dist.tasks.base import TaskBatch, TaskFamily
+from maml_dist import algorithms, meta_test, tasks
+from maml_dist.tasks.base import (
+    IMAGE_STREAM,
+    TRAIN_STREAM,
+    VALIDATION_STREAM,
+    TaskBatch,
+    TaskFamily,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,14 +26,38 @@ class Problem:
     Attributes:
         family: the task distribution.
         model: the meta-learned network.
-        loss_fn: `loss_fn(params, x, y)`, one task's loss.
-        sample_fn: `key -> TaskBatch`, one training task (config.shots / num_query points).
+        loss_fn: `loss_fn(params, x, y)`, one task's loss (what is differentiated).
+        score_fn: `score_fn(params, x, y)`, one task's reported metric (`family.metric`).
+        sample_fn: `key -> TaskBatch`, one training task (config.shots / num_query
+            points), for families sampled on the device; None for host-sampled ones.
     """
 
     family: TaskFamily
     model: nn.Module
     loss_fn: algorithms.LossFn
-    sample_fn: Callable[[jax.Array], TaskBatch]
+    score_fn: algorithms.LossFn
+    sample_fn: Callable[[jax.Array], TaskBatch] | None
+
+    @property
+    def score_is_loss(self) -> bool:
+        """Whether the reported metric is the loss itself (regression), not a separate one."""
+        return self.family.kind == "regression"
+
+    def fixed_tasks(
+        self, seed: int, stream: int, num_tasks: int, shots: int, num_query: int
+    ) -> TaskBatch:
+        """A fixed set of tasks of one stream (step 0 of it), stacked on a leading axis.
+
+        Host-sampled families draw training-stream tasks from the meta-training classes,
+        validation and image tasks from the validation classes, and test tasks from the
+        meta-test classes.
+        """
+        if not self.family.host_sampled:
+            return meta_test.sample_tasks(self.family, seed, stream, num_tasks, shots, num_query)
+        parts = {TRAIN_STREAM: "train", VALIDATION_STREAM: "validation", IMAGE_STREAM: "validation"}
+        part = parts.get(stream, "test")
+        sampler = self.family.episodes(part, shots, num_query)
+        return sampler.batch(seed, stream, 0, range(num_tasks))
 
 
 def make_problem(config: ml_collections.ConfigDict) -> Problem:
@@ -39,4 +69,10 @@ def make_problem(config: ml_collections.ConfigDict) -> Problem:
     def sample_fn(key):
         return family.sample(key, shots, num_query)
 
-    return Problem(family, model, algorithms.make_loss_fn(model, family.loss), sample_fn)
+    return Problem(
+        family,
+        model,
+        algorithms.make_loss_fn(model, family.loss),
+        algorithms.make_loss_fn(model, family.score),
+        None if family.host_sampled else sample_fn,
+    )

@@ -14,6 +14,7 @@ from absl import logging
 from maml_dist import checks, parallel, tasks
 from maml_dist import state as state_lib
 from maml_dist.checkpointing import Checkpointer
+from maml_dist.feed import HostFeed
 from maml_dist.metrics import MetricWriter
 from maml_dist.monitor import Monitor
 from maml_dist.problem import make_problem
@@ -39,6 +40,16 @@ def chunk_end(step: int, config: ml_collections.ConfigDict) -> int:
     """The next step at which the host must act (log, eval, checkpoint or finish)."""
     intervals = (config.log_every, config.eval_every, config.checkpoint_every)
     return min([(step // k + 1) * k for k in intervals] + [config.num_steps])
+
+
+def chunk_bounds(step: int, config: ml_collections.ConfigDict, max_len: int | None = None):
+    """Yields (start, end) of every chunk from `step` on; chunks hold at most `max_len` steps."""
+    while step < config.num_steps:
+        end = chunk_end(step, config)
+        if max_len is not None:
+            end = min(end, step + max_len)
+        yield step, end
+        step = end
 
 
 def _is_multiple(step: int, every: int, config) -> bool:
@@ -82,8 +93,17 @@ def train_and_evaluate(
     monitor = Monitor(config, problem, replicated)
 
     meta_grad_fn = parallel.make_meta_grad_fn(parallel.meta_batch_spec(config, problem), mesh)
-    run = parallel.make_multi_step(parallel.make_train_step(meta_grad_fn, tx))
+    train_step = parallel.make_train_step(meta_grad_fn, tx)
     layout = parallel.TaskLayout(config.meta_batch_size, mesh.shape[parallel.AXIS])
+    feed = None
+    if problem.family.host_sampled:
+        # Chunks are capped so a chunk's images stay a few MB; the feed builds them ahead.
+        sampler = problem.family.episodes("train", config.shots, config.num_query)
+        bounds = chunk_bounds(step, config, config.host_chunk_steps)
+        feed = HostFeed(sampler, config.seed, mesh, layout.per_device, bounds)
+        run = parallel.make_multi_step_over(train_step)
+    else:
+        run = parallel.make_multi_step(train_step)
     logging.info(
         "Training %s for %d steps on %d device(s): meta-batch %d (%d per device, %d padded).",
         config.task,
@@ -94,14 +114,33 @@ def train_and_evaluate(
         layout.padded_size - config.meta_batch_size,
     )
 
-    clock = _Clock(step)
+    clock = _Clock(step, feed)
+    try:
+        state = _loop(config, state, step, run, feed, clock, writer, schedule, ckpt, monitor)
+    finally:
+        if feed is not None:
+            feed.close()
+    ckpt.close()
+    writer.close()
+    return state
+
+
+def _loop(config, state, step, run, feed, clock, writer, schedule, ckpt, monitor):
+    """Dispatches the chunks of steps; between them logs, evaluates and checkpoints."""
+    is_main = jax.process_index() == 0
     pending = None
     while step < config.num_steps:
-        end = chunk_end(step, config)
-        state, metrics = run(state, end - step)
+        if feed is None:
+            end = chunk_end(step, config)
+            state, metrics = run(state, end - step)
+        else:
+            start, end, batches = feed.take()
+            assert start == step, (start, step)  # the feed follows the same schedule
+            state, metrics = run(state, batches)
         if pending is not None:
             # Blocks on the previous chunk only: at most two chunks are ever in flight
             # (DESIGN.md §5.2), and the host logs while the device computes.
+            jax.block_until_ready(pending[1])
             _report(writer, clock, config, schedule, *pending)
         extra = {}
         checkpoint_now = _is_multiple(end, config.checkpoint_every, config)
@@ -121,15 +160,14 @@ def train_and_evaluate(
         step = end
     if pending is not None:
         _report(writer, clock, config, schedule, *pending)
-    ckpt.close()
-    writer.close()
     return state
 
 
 class _Clock:
     """Training throughput, excluding time spent in eval and checkpointing."""
 
-    def __init__(self, step: int):
+    def __init__(self, step: int, feed: HostFeed | None = None):
+        self.feed = feed
         self.step = self.start = step
         self.time = self.started = time.perf_counter()
         self.excluded = 0.0
@@ -163,8 +201,12 @@ def _report(writer, clock, config, schedule, end, metrics, extra) -> None:
         "learning_rate": float(schedule(end)),
         "tasks_per_sec": steps * config.meta_batch_size / seconds,
         "sec_per_step": seconds / steps,
-        **extra,
     }
+    if clock.feed is not None:
+        # Host sampling runs beside the device; only the wait shows in the step time.
+        build, wait = clock.feed.times(steps)
+        scalars.update(data_sec_per_step=build, data_wait_sec_per_step=wait)
+    scalars.update(extra)
     writer.write_scalars(end, scalars)
     total = time.perf_counter() - clock.started
     eta = total / max(end - clock.start, 1) * (config.num_steps - end)

@@ -95,7 +95,8 @@ def test_adaptation_curve_agrees_with_adapt():
     loss_fn, params, tasks, _ = _tiny_problem(jnp.float32)
     task = jax.tree.map(lambda a: a[0], tasks)
     curve = algorithms.adaptation_curve(loss_fn, params, task, 0.02, 4)
-    assert curve.shape == (5,)
+    assert curve.shape == (5, 1)
+    curve = curve[:, 0]
     for k in (0, 2, 4):
         adapted = algorithms.adapt(
             loss_fn, params, task.support_x, task.support_y, algorithms.InnerConfig(0.02, k)

@@ -152,10 +152,11 @@ def test_alphabet_split_is_disjoint_by_alphabet(tree):
 def test_standard_split_is_seeded_and_disjoint(tree):
     _, small1, small2 = tree
     data = omniglot.load([str(small1), str(small2)])
-    split = splits.standard_split(data, num_train=4, seed=1)
-    assert len(split.train) == 4 and len(split.test) == 3
-    assert not set(split.train) & set(split.test)
-    np.testing.assert_array_equal(split.train, splits.standard_split(data, 4, 1).train)
+    split = splits.standard_split(data, num_train=4, seed=1, num_validation=1)
+    assert len(split.train) == 3 and len(split.validation) == 1 and len(split.test) == 3
+    assert len(set(split.train) | set(split.validation) | set(split.test)) == 7
+    np.testing.assert_array_equal(split.train, splits.standard_split(data, 4, 1, 1).train)
+    assert splits.standard_split(data, 4, 1, num_validation=0).validation is None
     with pytest.raises(UserInputError, match="needs more than 1200 characters, the data has 7"):
         splits.standard_split(data)
 

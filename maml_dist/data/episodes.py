@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from maml_dist.checks import UserInputError
 from maml_dist.data.omniglot import Omniglot
+from maml_dist.errors import UserInputError
 from maml_dist.tasks.base import TaskBatch
 
 

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image
 
-from maml_dist.checks import UserInputError
+from maml_dist.errors import UserInputError
 
 SET_NAMES = (
     "images_background",
@@ -111,7 +111,7 @@ def load(sources: list[str], image_size: int = 28, cache_dir: str | None = None)
             if (alphabet, character, filename) in seen:
                 continue  # the same image under another root
             seen[(alphabet, character, filename)] = None
-            images.append(_decode(data, where, image_size))
+            images.append(decode_image(data, where, image_size))
             labels.append(class_index.setdefault((alphabet, character), len(class_index)))
             drawers.append(_drawer(filename))
             count += 1
@@ -135,10 +135,10 @@ def _files(path: str) -> Iterator[tuple[tuple[str, str, str], bytes, str]]:
     """Yields ((alphabet, character, filename), bytes, display path) of one source."""
     if os.path.isdir(path):
         for root, dirs, names in os.walk(path):
-            dirs[:] = sorted(d for d in dirs if not _ignored(d))
+            dirs[:] = sorted(d for d in dirs if not is_ignored(d))
             parts = os.path.relpath(root, path).split(os.sep)
             for name in sorted(names):
-                if _ignored(name):
+                if is_ignored(name):
                     continue
                 full = os.path.join(root, name)
                 if len(parts) != 2:
@@ -156,7 +156,7 @@ def _files(path: str) -> Iterator[tuple[tuple[str, str, str], bytes, str]]:
     with archive:
         for info in sorted(archive.infolist(), key=lambda i: i.filename):
             parts = info.filename.rstrip("/").split("/")
-            if info.is_dir() or any(_ignored(p) for p in parts):
+            if info.is_dir() or any(is_ignored(p) for p in parts):
                 continue
             where = f"{path}:{info.filename}"
             if len(parts) != 4:
@@ -171,12 +171,12 @@ def _files(path: str) -> Iterator[tuple[tuple[str, str, str], bytes, str]]:
             yield (parts[1], parts[2], parts[3]), data, where
 
 
-def _ignored(name: str) -> bool:
-    # Operating-system litter in user-made zips and folders, not data.
+def is_ignored(name: str) -> bool:
+    """Whether a file or folder name is operating-system litter, not data (.DS_Store, ...)."""
     return name.startswith(".") or name in ("__MACOSX", "Thumbs.db", "desktop.ini")
 
 
-def _decode(data: bytes, where: str, size: int) -> np.ndarray:
+def decode_image(data: bytes, where: str, size: int) -> np.ndarray:
     """PNG bytes -> (size, size) uint8 with ink = 255, antialiased (Lanczos) resize."""
     try:
         image = Image.open(io.BytesIO(data))

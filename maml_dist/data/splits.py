@@ -6,24 +6,46 @@ import dataclasses
 
 import numpy as np
 
-from maml_dist.checks import UserInputError
 from maml_dist.data.omniglot import Omniglot
+from maml_dist.errors import UserInputError
 
 
 @dataclasses.dataclass(frozen=True)
 class ClassSplit:
-    """Base class indices (into `Omniglot.classes`) for meta-training and meta-testing."""
+    """Base class indices (into `Omniglot.classes`) for meta-training, validation, testing.
+
+    Attributes:
+        train: classes meta-training samples from.
+        test: classes of meta-testing; never in `train`.
+        validation: classes of in-training validation; None means the test classes (on a
+            different key stream, so not the meta-test episodes). Validation is only
+            monitored, never used to pick checkpoints, so that shares no information with
+            meta-testing.
+    """
 
     train: np.ndarray
     test: np.ndarray
+    validation: np.ndarray | None = None
 
     def __post_init__(self):
         if np.intersect1d(self.train, self.test).size:
             raise ValueError("meta-train and meta-test classes overlap")
+        if self.validation is not None and np.intersect1d(self.train, self.validation).size:
+            raise ValueError("meta-train and validation classes overlap")
+
+    @property
+    def validation_classes(self) -> np.ndarray:
+        """The classes validation episodes are drawn from."""
+        return self.test if self.validation is None else self.validation
 
 
-def standard_split(dataset: Omniglot, num_train: int = 1200, seed: int = 1) -> ClassSplit:
-    """The MAML code's split: shuffle all characters with `seed`, first `num_train` train.
+def standard_split(
+    dataset: Omniglot, num_train: int = 1200, seed: int = 1, num_validation: int = 100
+) -> ClassSplit:
+    """The MAML code's split of all characters, shuffled with `seed`.
+
+    The first `num_train` are meta-training (of which the last `num_validation` are held
+    back to validate), the rest meta-testing.
 
     Raises:
         UserInputError: if there are not more than `num_train` characters (e.g. on the
@@ -36,7 +58,12 @@ def standard_split(dataset: Omniglot, num_train: int = 1200, seed: int = 1) -> C
             f"use the alphabet split (--config.omniglot.split=alphabet) or the full data set"
         )
     order = np.random.default_rng(seed).permutation(n)
-    return ClassSplit(train=np.sort(order[:num_train]), test=np.sort(order[num_train:]))
+    fit = num_train - num_validation
+    return ClassSplit(
+        train=np.sort(order[:fit]),
+        test=np.sort(order[num_train:]),
+        validation=np.sort(order[fit:num_train]) if num_validation else None,
+    )
 
 
 def alphabet_split(

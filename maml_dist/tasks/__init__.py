@@ -5,10 +5,12 @@ from __future__ import annotations
 import ml_collections
 
 from maml_dist.tasks.base import TaskBatch, TaskFamily
+from maml_dist.tasks.omniglot import OmniglotFamily
 from maml_dist.tasks.sinusoid import Sinusoid
 
 REGISTRY: dict[str, type] = {
     Sinusoid.name: Sinusoid,
+    OmniglotFamily.name: OmniglotFamily,
 }
 
 __all__ = ["REGISTRY", "TaskBatch", "TaskFamily", "make_task_family"]

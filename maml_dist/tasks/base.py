@@ -31,11 +31,17 @@ class TaskFamily(Protocol):
 
     Attributes:
         name: the registry name.
-        metric: what `loss` measures, for reports ("mse", ...).
+        metric: what `score` measures, for reports ("mse", "accuracy").
+        kind: "regression" or "classification" (selects the pictures drawn).
+        host_sampled: False if `sample` draws tasks on the device from a key; True if
+            tasks come from host data through `episodes(part, shots, queries)`, a sampler
+            with `.batch(seed, stream, step, indices)` (see `maml_dist.data.episodes`).
     """
 
     name: str
     metric: str
+    kind: str
+    host_sampled: bool
 
     def sample(self, key: jax.Array, shots: int, num_query: int) -> TaskBatch:
         """Samples one task with `shots` support and `num_query` query points."""
@@ -47,6 +53,10 @@ class TaskFamily(Protocol):
 
     def loss(self, predictions: jax.Array, targets: jax.Array) -> jax.Array:
         """Returns the scalar loss of one task's predictions."""
+        ...
+
+    def score(self, predictions: jax.Array, targets: jax.Array) -> jax.Array:
+        """Returns the reported metric of one task's predictions."""
         ...
 
     def example_input(self) -> jax.Array:

@@ -18,6 +18,8 @@ class Sinusoid:
 
     name = "sinusoid"
     metric = "mse"
+    kind = "regression"
+    host_sampled = False
 
     def __init__(self, config: ml_collections.ConfigDict):
         """Reads `config.sinusoid` (ranges) and `config.model` (hidden sizes)."""
@@ -57,6 +59,10 @@ class Sinusoid:
     def loss(self, predictions: jax.Array, targets: jax.Array) -> jax.Array:
         """Mean (not summed) squared error."""
         return jnp.mean(jnp.square(predictions - targets))
+
+    def score(self, predictions: jax.Array, targets: jax.Array) -> jax.Array:
+        """The reported metric: the loss itself."""
+        return self.loss(predictions, targets)
 
     def example_input(self) -> jax.Array:
         """One scalar input."""

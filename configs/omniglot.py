@@ -1,0 +1,129 @@
+r"""Omniglot N-way K-shot classification (Finn et al. 2017, section 5.2), every variant.
+
+The named files `configs/omniglot_<variant>.py` return these variants; the variant can also
+be given after a colon, `--config=configs/omniglot.py:5w1s`.
+
+Paper variants, from the original code's commands (github.com/cbfinn/maml, README and
+main.py): 5-way: meta-batch 32, inner lr 0.4, 1 inner step; 20-way: meta-batch 16, inner
+lr 0.1, 5 inner steps; Adam at 1e-3; 60,000 meta-steps; 10 inner steps at test time;
+K query images per class in training, as the original data generator draws 2K per class;
+1200 characters shuffled with seed 1 for meta-training (the last 100 of them validate),
+the other 423 for meta-testing; rotations by 90/180/270 degrees as new classes.
+
+    "5w1s", "5w5s", "20w1s", "20w5s"   the full data set (images_background + _evaluation)
+    "minimal_5w1s", "minimal_20w1s"    the two minimal splits; Greek and Korean held out
+                                       whole; sized for about an hour on a 2-core CPU
+    "tiny"                             seconds-long, for tests (needs tiny image data)
+
+Run from the repository root (the named files import this module as `configs.omniglot`):
+
+    python -m maml_dist.train --config=configs/omniglot_5w1s.py --workdir=runs/o5w1s \
+        --config.data_dir=/path/to/omniglot
+    python -m maml_dist.evaluate --workdir=runs/o5w1s
+
+Task batching and the conv implementation default to "auto": a loop over each device's
+tasks and im2col convs on CPU (DESIGN.md §5.8, README "Omniglot"), vmap and XLA convs on
+accelerators.
+"""
+
+import ml_collections
+
+_PAPER = {
+    # ways, shots: (meta_batch_size, inner_lr, inner_steps)
+    (5, 1): (32, 0.4, 1),
+    (5, 5): (32, 0.4, 1),
+    (20, 1): (16, 0.1, 5),
+    (20, 5): (16, 0.1, 5),
+}
+VARIANTS = ("5w1s", "5w5s", "20w1s", "20w5s", "minimal_5w1s", "minimal_20w1s", "tiny")
+
+
+def get_config(variant: str | None = "5w1s") -> ml_collections.ConfigDict:
+    """Returns one of `VARIANTS` (default the paper's 5-way 1-shot)."""
+    variant = variant or "5w1s"
+    if variant not in VARIANTS:
+        raise ValueError(
+            f"unknown variant {variant!r} of configs/omniglot.py; use one of {VARIANTS}"
+        )
+    minimal = variant.startswith("minimal_")
+    ways, shots = (5, 1) if variant == "tiny" else _ways_shots(variant.removeprefix("minimal_"))
+    meta_batch, inner_lr, inner_steps = _PAPER[ways, shots]
+
+    c = ml_collections.ConfigDict()
+    c.task = "omniglot"
+    c.seed = 0
+    c.data_dir = ""  # a folder holding the sets, zipped or extracted (--config.data_dir)
+    c.ways = ways
+    c.shots = shots
+    c.num_query = shots  # per class, as in the original code
+
+    c.num_steps = 60_000
+    c.meta_batch_size = meta_batch
+    c.pad_meta_batch = False
+    c.inner_steps = inner_steps
+    c.inner_lr = inner_lr
+    c.first_order = False
+    c.remat_inner = False
+    c.task_batching = "auto"
+    c.reduction = "sum"
+    c.meta_lr = 1e-3
+    c.grad_clip_norm = 0.0
+
+    c.log_every = 100
+    c.eval_every = 1_000
+    c.checkpoint_every = 2_000
+    c.max_to_keep = 3
+    c.eval_tasks = 100
+    c.eval_inner_steps = 10
+    c.host_chunk_steps = 10  # meta-steps per dispatched chunk of host-sampled batches
+
+    c.model = ml_collections.ConfigDict()
+    c.model.filters = 64
+    c.model.blocks = 4
+    c.model.conv_impl = "auto"
+
+    c.omniglot = ml_collections.ConfigDict()
+    c.omniglot.sets = ("images_background", "images_evaluation")
+    c.omniglot.split = "standard"  # or "alphabet"
+    c.omniglot.num_train = 1200
+    c.omniglot.num_validation = 100
+    c.omniglot.split_seed = 1
+    c.omniglot.held_out = ()  # alphabet split: alphabets held out for meta-testing
+    c.omniglot.num_held_out = 0  # alphabet split: else this many, chosen by split_seed
+    c.omniglot.rotations = True
+    c.omniglot.image_size = 28
+    c.omniglot.cache_dir = ""  # "" = $XDG_CACHE_HOME/maml_dist
+
+    if minimal:
+        c.omniglot.sets = ("images_background_small1", "images_background_small2")
+        c.omniglot.split = "alphabet"
+        c.omniglot.held_out = ("Greek", "Korean")
+        c.num_query = 5
+        c.num_steps = 3_000 if ways == 5 else 1_000
+        c.log_every = 50
+        c.eval_every = 500
+        c.checkpoint_every = 500
+    elif variant == "tiny":
+        c.omniglot.sets = ("images_background_small1", "images_background_small2")
+        c.omniglot.split = "alphabet"
+        c.omniglot.num_held_out = 1
+        c.omniglot.rotations = False
+        c.omniglot.image_size = 8
+        c.ways = 2
+        c.num_query = 1
+        c.meta_batch_size = 4
+        c.num_steps = 6
+        c.log_every = 2
+        c.eval_every = 3
+        c.checkpoint_every = 3
+        c.eval_tasks = 4
+        c.eval_inner_steps = 2
+        c.host_chunk_steps = 2
+        c.model.filters = 4
+        c.model.blocks = 2
+    return c
+
+
+def _ways_shots(name: str) -> tuple[int, int]:
+    ways, shots = name.removesuffix("s").split("w")
+    return int(ways), int(shots)

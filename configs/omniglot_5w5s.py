@@ -1,0 +1,7 @@
+"""Omniglot "5w5s": see configs/omniglot.py (run from the repository root)."""
+
+import functools
+
+from configs import omniglot
+
+get_config = functools.partial(omniglot.get_config, "5w5s")

@@ -1,0 +1,145 @@
+"""Host-sampled meta-batches for the trainer, built ahead in a thread as global arrays.
+
+Each process samples only the tasks of its own devices (episodes are pure functions of
+seed, step and global task index, so which process builds a task does not change it) and
+assembles them into arrays sharded `P(None, "tasks")` over the global mesh: steps on the
+leading axis, tasks split over the devices. A background thread builds the next chunks
+while the device runs the current one.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterable
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from maml_dist.parallel import AXIS
+from maml_dist.tasks.base import TRAIN_STREAM, TaskBatch
+
+_DONE = object()
+
+
+class _Failure:
+    """An exception raised in the producer thread, to be raised again in the trainer."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+class HostFeed:
+    """Builds the meta-batches of a fixed sequence of chunks of steps, `depth` chunks ahead.
+
+    The producer runs ahead of the trainer, so build time is reported as a mean over all
+    steps built so far, and wait time (the trainer blocked on the feed: the part of data
+    time that is not hidden behind the device) per step since the previous report.
+    """
+
+    def __init__(
+        self,
+        sampler,
+        seed: int,
+        mesh: jax.sharding.Mesh,
+        per_device: int,
+        chunks: Iterable[tuple[int, int]],
+        depth: int = 2,
+    ):
+        """Starts the producer thread.
+
+        Args:
+            sampler: has `.batch(seed, stream, step, indices) -> TaskBatch` (numpy).
+            seed: the run's seed.
+            mesh: the task mesh.
+            per_device: tasks per device (padding included).
+            chunks: (first step, end step) of every chunk the trainer will run, in order.
+            depth: chunks built ahead of the one running.
+        """
+        self.sampler, self.seed = sampler, seed
+        self.sharding = NamedSharding(mesh, P(None, AXIS))
+        self.padded = per_device * mesh.shape[AXIS]
+        index_map = self.sharding.addressable_devices_indices_map((1, self.padded))
+        # This process's devices' task slices (a device may share one with none other).
+        self.slices = sorted({idx[1].indices(self.padded)[:2] for idx in index_map.values()})
+        self._built_seconds = 0.0
+        self._built_steps = 0
+        self._wait_seconds = 0.0
+        self._lock = threading.Lock()  # the producer adds to the build totals, `times` reads
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._produce, args=(list(chunks),), name="HostFeed", daemon=True
+        )
+        self._thread.start()
+
+    def build(self, start: int, end: int) -> TaskBatch:
+        """The meta-batches of steps start..end-1 as global arrays (n, padded, ...)."""
+        local = {}
+        for a, b in self.slices:
+            steps = [
+                self.sampler.batch(self.seed, TRAIN_STREAM, s, range(a, b))
+                for s in range(start, end)
+            ]
+            local[a, b] = jax.tree.map(lambda *xs: np.stack(xs), *steps)
+
+        def place(field: str) -> jax.Array:
+            first = getattr(local[self.slices[0]], field)
+            shape = (end - start, self.padded, *first.shape[2:])
+
+            def data(index):
+                a, b = index[1].indices(self.padded)[:2]
+                return getattr(local[a, b], field)
+
+            return jax.make_array_from_callback(shape, self.sharding, data)
+
+        return TaskBatch(**{f: place(f) for f in TaskBatch.__dataclass_fields__})
+
+    def _produce(self, chunks: list[tuple[int, int]]) -> None:
+        try:
+            for start, end in chunks:
+                t = time.perf_counter()
+                batches = self.build(start, end)
+                with self._lock:
+                    self._built_seconds += time.perf_counter() - t
+                    self._built_steps += end - start
+                if not self._put((start, end, batches)):
+                    return
+            self._put(_DONE)
+        except BaseException as e:  # re-raised in the trainer's thread by `take`
+            self._put(_Failure(e))
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def take(self) -> tuple[int, int, TaskBatch]:
+        """The next chunk: (first step, end step, batches). Raises what the producer raised."""
+        t = time.perf_counter()
+        item = self._queue.get()
+        self._wait_seconds += time.perf_counter() - t
+        if isinstance(item, _Failure):
+            raise item.error
+        if item is _DONE:
+            raise RuntimeError("the host feed has no more chunks")
+        return item
+
+    def times(self, steps: int) -> tuple[float, float]:
+        """(build seconds per step so far, wait seconds per step over the last `steps`)."""
+        with self._lock:
+            build = self._built_seconds / max(self._built_steps, 1)
+        wait, self._wait_seconds = self._wait_seconds / steps, 0.0
+        return build, wait
+
+    def close(self) -> None:
+        """Stops the producer and waits for it."""
+        self._stop.set()
+        self._thread.join()
