@@ -29,20 +29,20 @@ part() {  # part NAME SECONDS COMMAND...: runs one check, logs its exit status a
 { nvidia-smi -L; $PY -c 'import jax, flax, optax; print("jax", jax.__version__, "flax",
   flax.__version__, "optax", optax.__version__, jax.devices())'; } >>"$LOG" 2>&1
 
-part sinusoid_train 150 $PY -m maml_dist.train --config=configs/sinusoid.py \
+part sinusoid_train 100 $PY -m maml_dist.train --config=configs/sinusoid.py \
   --workdir="$RUNS/sinusoid"
-part sinusoid_eval 60 $PY -m maml_dist.evaluate --workdir="$RUNS/sinusoid"
+part sinusoid_eval 40 $PY -m maml_dist.evaluate --workdir="$RUNS/sinusoid"
 cp "$RUNS/sinusoid/eval/results.json" "$OUT/sinusoid_results.json" 2>/dev/null
 cp "$RUNS/sinusoid/metrics.jsonl" "$OUT/sinusoid_metrics.jsonl" 2>/dev/null
 
-part omniglot20_train 180 $PY -m maml_dist.train --config=configs/omniglot_minimal_20w1s.py \
+part omniglot20_train 150 $PY -m maml_dist.train --config=configs/omniglot_minimal_20w1s.py \
   --workdir="$RUNS/omniglot20" --config.data_dir="$DATA" --config.checkpoint_every=250
-part omniglot20_eval 60 $PY -m maml_dist.evaluate --workdir="$RUNS/omniglot20"
+part omniglot20_eval 50 $PY -m maml_dist.evaluate --workdir="$RUNS/omniglot20"
 cp "$RUNS/omniglot20/eval/results.json" "$OUT/omniglot20_results.json" 2>/dev/null
 cp "$RUNS/omniglot20/metrics.jsonl" "$OUT/omniglot20_metrics.jsonl" 2>/dev/null
 
-part omniglot_step 120 $PY scripts/bench_omniglot_step.py --reps=5 --steps=5 \
+part omniglot_step 80 $PY scripts/bench_omniglot_step.py --reps=5 --steps=5 \
   --batchings=vmap,loop --conv_impls=xla,im2col
-part inner_steps 100 $PY scripts/bench_inner_steps.py --reps=3 --steps=1,10,50
+part inner_steps 60 $PY scripts/bench_inner_steps.py --reps=3 --steps=1,10,50
 cp scripts/results/bench_inner_steps.json "$OUT/bench_inner_steps_gpu.json" 2>/dev/null
 exit 0
