@@ -146,3 +146,17 @@ def make_loss_fn(model, task_loss: Callable[[jax.Array, jax.Array], jax.Array]) 
         return task_loss(model.apply({"params": params}, x), y)
 
     return loss_fn
+
+
+def make_loss_and_score_fn(
+    model,
+    task_loss: Callable[[jax.Array, jax.Array], jax.Array],
+    score: Callable[[jax.Array, jax.Array], jax.Array],
+) -> Callable:
+    """Builds `(params, x, y) -> (loss, score)`, both from one forward pass."""
+
+    def loss_and_score(params, x, y):
+        predictions = model.apply({"params": params}, x)
+        return task_loss(predictions, y), score(predictions, y)
+
+    return loss_and_score

@@ -113,22 +113,27 @@ class MetaBatch:
     reduction: str = "sum"
     # False: one psum per parameter leaf, only to measure what fusing saves (benchmarks).
     fuse_collectives: bool = True
-    # A reported metric besides the loss (classification accuracy), scored on the query set
-    # before and after adaptation: two forward passes per task, no extra collective.
-    score_fn: algorithms.LossFn | None = None
+    # `(params, x, y) -> (loss, metric)` from one forward pass, for families with a reported
+    # metric besides the loss (classification accuracy); it replaces `loss_fn` on the query.
+    loss_and_score_fn: Callable | None = None
     score_name: str = "score"
 
     @property
     def metric_names(self) -> tuple[str, ...]:
         """Names of the per-task values that follow the gradient in `task_terms` rows."""
         names = ("meta_loss", "loss_before")
-        if self.score_fn is not None:
+        if self.loss_and_score_fn is not None:
             names += (f"{self.score_name}_after", f"{self.score_name}_before")
         return names
 
 
 def task_terms(
-    spec: MetaBatch, params, step: jax.Array, indices: jax.Array, tasks: TaskBatch | None = None
+    spec: MetaBatch,
+    params,
+    step: jax.Array,
+    indices: jax.Array,
+    tasks: TaskBatch | None = None,
+    measure: bool | jax.Array = True,
 ) -> jax.Array:
     """Per-task meta-gradient and losses of the tasks `indices` (global) of meta-step `step`.
 
@@ -139,6 +144,9 @@ def task_terms(
         indices: global task indices.
         tasks: the tasks themselves, one per index, when the host samples them
             (`spec.sample_fn` is None); otherwise sampled here on the device.
+        measure: whether to score the query set before adaptation too (one more forward
+            pass per task); if False, those columns are NaN. The trainer measures only the
+            last step of each chunk, the one it reports.
 
     Returns:
         (len(indices), num_params + len(spec.metric_names)): each row is [flat
@@ -152,17 +160,31 @@ def task_terms(
         if task is None:
             task = spec.sample_fn(task_key(root, step, index))
 
+        def query(p):
+            if spec.loss_and_score_fn is None:
+                return spec.loss_fn(p, task.query_x, task.query_y), ()
+            loss, score = spec.loss_and_score_fn(p, task.query_x, task.query_y)
+            return loss, (score,)
+
         def objective(p):
             adapted = algorithms.adapt(spec.loss_fn, p, task.support_x, task.support_y, spec.inner)
-            return spec.loss_fn(adapted, task.query_x, task.query_y), adapted
+            return query(adapted)
 
-        (after, adapted), grads = jax.value_and_grad(objective, has_aux=True)(params)
-        values = [after, spec.loss_fn(params, task.query_x, task.query_y)]
-        if spec.score_fn is not None:
-            values += [
-                spec.score_fn(adapted, task.query_x, task.query_y),
-                spec.score_fn(params, task.query_x, task.query_y),
-            ]
+        (after, score_after), grads = jax.value_and_grad(objective, has_aux=True)(params)
+
+        def before():
+            loss, score = query(params)
+            return (loss, *score)
+
+        if isinstance(measure, bool) and measure:
+            before_values = before()
+        else:
+            # An unbatched predicate keeps this a real branch under vmap and lax.map.
+            # NaNs shaped (and device-varying) like `after`, as cond's branches must match.
+            nans = tuple(jnp.full_like(after, jnp.nan) for _ in range(1 + len(score_after)))
+            before_values = jax.lax.cond(measure, before, lambda: nans)
+        loss_before, *score_before = before_values
+        values = [after, loss_before, *score_after, *score_before]
         return jnp.concatenate([ravel_pytree(grads)[0], jnp.stack(values)])
 
     xs = (indices, tasks)
@@ -194,14 +216,17 @@ def _unpack(spec: MetaBatch, params, total: jax.Array):
 
 
 def make_meta_grad_fn(spec: MetaBatch, mesh: jax.sharding.Mesh) -> Callable:
-    """Returns `(params, step) -> (grads, metrics)`, the meta-batch split over `mesh`.
+    """Returns `(params, step[, tasks][, measure]) -> (grads, metrics)`, split over `mesh`.
+
+    `tasks` is the host-sampled meta-batch (sharded over the task axis) when
+    `spec.sample_fn` is None; `measure` is as in `task_terms`.
 
     Each device samples and adapts to its own slice of the global meta-batch; gradients and
     losses travel in one flat buffer, so each step makes a single collective (DESIGN.md §5.7).
     """
     layout = TaskLayout(spec.meta_batch_size, mesh.shape[AXIS])
 
-    def body(params, step, tasks=None):
+    def body(params, step, measure, tasks=None):
         # Without this, jax.grad w.r.t. replicated params inside shard_map returns the
         # gradient summed over devices (DESIGN.md §4), silently mixing other devices' tasks
         # into each device's inner adaptation.
@@ -209,7 +234,7 @@ def make_meta_grad_fn(spec: MetaBatch, mesh: jax.sharding.Mesh) -> Callable:
         first = jax.lax.axis_index(AXIS) * layout.per_device
         indices = first + jnp.arange(layout.per_device)
         terms = task_weights(indices, spec.meta_batch_size)[:, None] * task_terms(
-            spec, params, step, indices, tasks
+            spec, params, step, indices, tasks, measure
         )
         if spec.reduction == "ordered":
             # Place this device's rows at their global positions; the psum then adds only
@@ -225,9 +250,15 @@ def make_meta_grad_fn(spec: MetaBatch, mesh: jax.sharding.Mesh) -> Callable:
             return jax.tree.map(lambda x: jax.lax.psum(x, AXIS), grads_and_metrics)
         return _unpack(spec, params, total)
 
-    if spec.sample_fn is None:  # tasks come from the host, split over the devices
-        return jax.shard_map(body, mesh=mesh, in_specs=(P(), P(), P(AXIS)), out_specs=(P(), P()))
-    return jax.shard_map(body, mesh=mesh, in_specs=(P(), P()), out_specs=(P(), P()))
+    host = spec.sample_fn is None  # tasks come from the host, split over the devices
+    in_specs = (P(), P(), P(), P(AXIS)) if host else (P(), P(), P())
+    sharded = jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=(P(), P()))
+
+    def meta_grad_fn(params, step, tasks=None, measure=True):
+        extra = (tasks,) if host else ()
+        return sharded(params, step, jnp.asarray(measure), *extra)
+
+    return meta_grad_fn
 
 
 def reference_meta_grads(spec: MetaBatch, params, step, tasks: TaskBatch | None = None):
@@ -255,12 +286,11 @@ def make_train_step(meta_grad_fn: Callable, tx: optax.GradientTransformation) ->
     """Returns the pure `(state[, tasks]) -> (state, metrics)` meta-update.
 
     `tasks` (the meta-batch, sharded over the task axis) is passed when the host samples
-    them; device-sampled families take none.
+    them; device-sampled families take none. `measure` is as in `task_terms`.
     """
 
-    def train_step(state: TrainState, tasks: TaskBatch | None = None):
-        extra = () if tasks is None else (tasks,)
-        grads, metrics = meta_grad_fn(state.params, state.step, *extra)
+    def train_step(state: TrainState, tasks: TaskBatch | None = None, measure=True):
+        grads, metrics = meta_grad_fn(state.params, state.step, tasks, measure)
         # Keeps XLA from fusing the update into the gradient computation: fusion (and so
         # FMA contraction) there depends on the device count, and would break the
         # bit-identity that task_batching="loop" + reduction="ordered" promise.
@@ -277,12 +307,14 @@ def make_multi_step_over(train_step: Callable) -> Callable:
     """Returns jitted `(state, batches) -> (state, metrics)` over host-sampled batches.
 
     `batches` stacks one meta-batch per step on a leading axis (sharded
-    `P(None, "tasks")`); the steps run as one `lax.scan`, like `make_multi_step`.
+    `P(None, "tasks")`); the steps run as one `lax.scan`, like `make_multi_step`, and
+    likewise only the last step's pre-adaptation metrics are measured.
     """
 
     @functools.partial(jax.jit, donate_argnums=0)
     def run(state, batches):
-        return jax.lax.scan(train_step, state, batches)
+        n = jax.tree.leaves(batches)[0].shape[0]
+        return jax.lax.scan(lambda s, xs: train_step(s, *xs), state, (batches, _last_only(n)))
 
     return run
 
@@ -291,14 +323,24 @@ def make_multi_step(train_step: Callable) -> Callable:
     """Returns jitted `(state, n) -> (state, metrics stacked over n steps)`.
 
     Running n steps in one executable (a `lax.scan`) removes n - 1 dispatches and keeps
-    only one executable in flight per chunk (DESIGN.md §5.2). The state is donated.
+    only one executable in flight per chunk (DESIGN.md §5.2). The state is donated. The
+    metrics of every step but the last hold NaN before-adaptation values (`_last_only`).
     """
 
     @functools.partial(jax.jit, static_argnums=1, donate_argnums=0)
     def run(state, n: int):
-        return jax.lax.scan(lambda s, _: train_step(s), state, None, length=n)
+        return jax.lax.scan(lambda s, m: train_step(s, None, m), state, _last_only(n))
 
     return run
+
+
+def _last_only(n: int) -> jax.Array:
+    """Per-step `measure` flags of a chunk of n steps: only the last one, the one reported.
+
+    Scoring the query set before adaptation is a forward pass per task that no gradient
+    needs (measured: ~25% of an Omniglot 5-way 1-shot step with 15 queries per class).
+    """
+    return jnp.arange(n) == n - 1
 
 
 def meta_batch_spec(config: ml_collections.ConfigDict, problem) -> MetaBatch:
@@ -311,7 +353,7 @@ def meta_batch_spec(config: ml_collections.ConfigDict, problem) -> MetaBatch:
         seed=config.seed,
         batching=resolve_batching(config.task_batching),
         reduction=config.reduction,
-        score_fn=None if problem.score_is_loss else problem.score_fn,
+        loss_and_score_fn=None if problem.score_is_loss else problem.loss_and_score_fn,
         score_name=problem.family.metric,
     )
 

@@ -28,6 +28,7 @@ class Problem:
         model: the meta-learned network.
         loss_fn: `loss_fn(params, x, y)`, one task's loss (what is differentiated).
         score_fn: `score_fn(params, x, y)`, one task's reported metric (`family.metric`).
+        loss_and_score_fn: `(params, x, y) -> (loss, metric)` from one forward pass.
         sample_fn: `key -> TaskBatch`, one training task (config.shots / num_query
             points), for families sampled on the device; None for host-sampled ones.
     """
@@ -36,6 +37,7 @@ class Problem:
     model: nn.Module
     loss_fn: algorithms.LossFn
     score_fn: algorithms.LossFn
+    loss_and_score_fn: Callable
     sample_fn: Callable[[jax.Array], TaskBatch] | None
 
     @property
@@ -74,5 +76,6 @@ def make_problem(config: ml_collections.ConfigDict) -> Problem:
         model,
         algorithms.make_loss_fn(model, family.loss),
         algorithms.make_loss_fn(model, family.score),
+        algorithms.make_loss_and_score_fn(model, family.loss, family.score),
         None if family.host_sampled else sample_fn,
     )
