@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from PIL import Image
+from helpers import make_omniglot_set, zip_folder
 
 from maml_dist import algorithms, models
 from maml_dist.checks import UserInputError
@@ -19,45 +19,19 @@ from maml_dist.tasks.base import TaskBatch
 REAL = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
 
 
-def _make_set(root, name, alphabets, drawers=4):
-    """Writes <root>/<name>/<Alphabet>/characterNN/NNNN_DD.png, 105x105 1-bit images.
-
-    Like the real data, an image's file name and content depend only on its alphabet,
-    character and drawer, so a character written under two roots is the same files.
-    """
-    for alphabet, characters in alphabets.items():
-        for c in range(1, characters + 1):
-            folder = root / name / alphabet / f"character{c:02d}"
-            folder.mkdir(parents=True)
-            number = 100 * (ord(alphabet[0]) - ord("A")) + c
-            for d in range(1, drawers + 1):
-                rng = np.random.default_rng([number, d])
-                pixels = np.ones((105, 105), bool)  # white background, black ink
-                r, col = rng.integers(10, 80, 2)
-                pixels[r : r + 20, col : col + 5] = False
-                Image.fromarray(pixels).save(folder / f"{number:04d}_{d:02d}.png")
-    return root / name
-
-
-def _zip(folder):
-    archive = folder.with_suffix(".zip")
-    with zipfile.ZipFile(archive, "w") as z:
-        for path in sorted(folder.rglob("*")):
-            z.write(path, path.relative_to(folder.parent).as_posix())
-    return archive
-
-
 @pytest.fixture
 def tree(tmp_path):
-    small1 = _make_set(tmp_path, "images_background_small1", {"Alpha": 3, "Beta": 2})
-    small2 = _make_set(tmp_path / "other", "images_background_small2", {"Beta": 2, "Gamma": 2})
+    small1 = make_omniglot_set(tmp_path, "images_background_small1", {"Alpha": 3, "Beta": 2})
+    small2 = make_omniglot_set(
+        tmp_path / "other", "images_background_small2", {"Beta": 2, "Gamma": 2}
+    )
     return tmp_path, small1, small2
 
 
 def test_folder_and_zip_give_the_same_arrays(tree, tmp_path):
     _, small1, _ = tree
     from_folder = omniglot.load([str(small1)])
-    from_zip = omniglot.load([str(_zip(small1))])
+    from_zip = omniglot.load([str(zip_folder(small1))])
     assert from_folder.images.shape == (20, 28, 28)
     assert from_folder.images.dtype == np.uint8
     np.testing.assert_array_equal(from_folder.images, from_zip.images)
@@ -72,7 +46,7 @@ def test_folder_and_zip_give_the_same_arrays(tree, tmp_path):
 def test_duplicates_across_roots_are_counted_once(tree):
     _, small1, small2 = tree
     # Beta character01-02 exist under both roots with the same file names (same images).
-    data = omniglot.load([str(small1), str(_zip(small2))])
+    data = omniglot.load([str(small1), str(zip_folder(small2))])
     assert len(data.classes) == 3 + 2 + 2
     assert len(data.images) == 7 * 4
     assert data.alphabets == ("Alpha", "Beta", "Gamma")
@@ -80,7 +54,7 @@ def test_duplicates_across_roots_are_counted_once(tree):
 
 def test_find_sources_takes_zips_or_folders(tree):
     root, small1, small2 = tree
-    _zip(small2)
+    zip_folder(small2)
     os.rename(small2.with_suffix(".zip"), root / "images_background_small2.zip")
     found = omniglot.find_sources(
         str(root), ("images_background_small1", "images_background_small2")
@@ -90,7 +64,7 @@ def test_find_sources_takes_zips_or_folders(tree):
 
 def test_cache_is_used_and_keyed_by_content(tree, tmp_path):
     _, small1, _ = tree
-    archive = _zip(small1)
+    archive = zip_folder(small1)
     cache = tmp_path / "cache"
     first = omniglot.load([str(archive)], cache_dir=str(cache))
     (cached,) = list(cache.iterdir())
@@ -129,7 +103,7 @@ def test_bad_sources_name_the_path(tree, tmp_path):
     with pytest.raises(UserInputError, match=f"'{bad}' is not an image"):
         omniglot.load([str(small1)])
     with pytest.raises(UserInputError, match="is not an image"):
-        omniglot.load([str(_zip(small1))])
+        omniglot.load([str(zip_folder(small1))])
 
 
 def test_alphabet_split_is_disjoint_by_alphabet(tree):

@@ -46,7 +46,8 @@ class EpisodeSampler:
         if shots + queries > fewest:
             raise UserInputError(
                 f"shots + queries = {shots + queries} images per class, but a class has only "
-                f"{fewest}; lower --config.shots or --config.num_query"
+                f"{fewest}; lower them (training: --config.shots / --config.num_query; "
+                f"maml_dist.evaluate: --shots / --num_query)"
             )
 
     def episode(self, seed: int, stream: int, step: int, index: int) -> TaskBatch:
