@@ -15,8 +15,9 @@ import time
 import jax
 import numpy as np
 import pytest
-from helpers import tiny_config
+from helpers import make_omniglot_set, tiny_config
 
+from configs import omniglot as omniglot_configs
 from maml_dist import evaluator, trainer
 from maml_dist.metrics import read_jsonl
 
@@ -211,3 +212,36 @@ def test_a_lost_process_is_named_and_the_survivor_exits(tmp_path):
     errors = [line for line in err.splitlines() if "maml_dist.train: error:" in line]
     assert len(errors) == 1, err[-3000:]
     assert "lost process 1 of 2; process 0 stops" in errors[0]
+
+
+def test_two_processes_feed_omniglot_like_one(tmp_path):
+    """Each process samples only its devices' episodes; together they train what one does."""
+    data = tmp_path / "data"
+    make_omniglot_set(data, "images_background_small1", {"Alpha": 3, "Beta": 3})
+    make_omniglot_set(data, "images_background_small2", {"Gamma": 3})
+    fields = {
+        "data_dir": str(data),
+        "omniglot.cache_dir": str(tmp_path / "cache"),
+        "omniglot.held_out": "('Gamma',)",
+        **DETERMINISTIC,
+    }
+    config = omniglot_configs.get_config("tiny")
+    config.update_from_flattened_dict(
+        {**fields, "omniglot.held_out": ("Gamma",), "omniglot.num_held_out": 0}
+    )
+    single = str(tmp_path / "single")
+    trainer.train_and_evaluate(config, single, jax.devices()[:4])
+    multi = str(tmp_path / "multi")
+    rc, _, err = _local(
+        2,
+        2,
+        f"--config={ROOT / 'configs' / 'omniglot.py'}:tiny",
+        f"--workdir={multi}",
+        *_overrides(**fields, **{"omniglot.num_held_out": 0}),
+    )
+    assert rc == 0, err[-3000:]
+    assert _losses(multi) == _losses(single) and len(_losses(single)) == 4
+    for a, b in zip(
+        jax.tree.leaves(_params(multi, 6)), jax.tree.leaves(_params(single, 6)), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
