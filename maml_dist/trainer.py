@@ -11,29 +11,38 @@ import jax
 import ml_collections
 from absl import logging
 
-from maml_dist import checks, parallel, tasks
+from maml_dist import checks, parallel
 from maml_dist import state as state_lib
 from maml_dist.checkpointing import Checkpointer
 from maml_dist.feed import HostFeed
 from maml_dist.metrics import MetricWriter
 from maml_dist.monitor import Monitor
-from maml_dist.problem import make_problem
+from maml_dist.problem import Problem, make_problem
 
 
-def check_inputs(config: ml_collections.ConfigDict, workdir: str, num_devices: int) -> None:
+def check_inputs(config: ml_collections.ConfigDict, workdir: str, num_devices: int) -> Problem:
     """All user-input checks, before any compile or any write to the workdir's run files.
+
+    Returns:
+        The config's Problem (with its data read, for host-sampled families).
 
     Raises:
         checks.UserInputError: with one sentence naming the problem and the fix.
     """
     checks.validate_config(config)
-    tasks.make_task_family(config)  # unknown task names fail here
+    problem = make_problem(config)  # unknown task names fail here
+    if problem.family.host_sampled:
+        # Reads the data and builds the samplers, so a bad split or a data set too small
+        # for the episodes fails here rather than after the workdir is written.
+        for part in ("train", "validation"):
+            problem.family.episodes(part, config.shots, config.num_query)
     checks.check_meta_batch(config.meta_batch_size, num_devices, config.pad_meta_batch)
     checks.check_workdir_writable(workdir)
     saved = os.path.join(workdir, "config.json")
     if os.path.exists(saved):
         with open(saved) as f:
             checks.check_resume_compatible(json.load(f), config)
+    return problem
 
 
 def chunk_end(step: int, config: ml_collections.ConfigDict) -> int:
@@ -70,10 +79,9 @@ def train_and_evaluate(
         The final TrainState.
     """
     devices = jax.devices() if devices is None else devices
-    check_inputs(config, workdir, len(devices))
+    problem = check_inputs(config, workdir, len(devices))
     is_main = jax.process_index() == 0
     mesh = parallel.make_mesh(devices)
-    problem = make_problem(config)
     tx, schedule = state_lib.make_meta_optimizer(config)
     replicated = parallel.replicated(mesh)
     state = state_lib.init_state(

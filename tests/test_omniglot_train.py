@@ -243,7 +243,17 @@ def test_runs_need_a_20_way_omniglot_run_and_bad_data_fails_before_compile(data,
     proc, errors = _run("maml_dist.train", TINY, f"--workdir={tmp_path / 'new'}")
     assert proc.returncode == 2 and len(errors) == 1
     assert "config.data_dir is not set; pass --config.data_dir=FOLDER" in errors[0]
-    assert not (tmp_path / "new" / "checkpoints").exists()
+    # Errors found only once the images are read still come before the workdir is written.
+    proc, errors = _run(
+        "maml_dist.train",
+        TINY,
+        f"--workdir={tmp_path / 'new'}",
+        f"--config.data_dir={data}",
+        "--config.omniglot.held_out=('Klingon',)",
+    )
+    assert proc.returncode == 2 and len(errors) == 1
+    assert "unknown alphabet(s) ['Klingon'] in the held-out list" in errors[0]
+    assert not (tmp_path / "new").exists()
 
 
 def test_episode_image_draws_every_class_row():
