@@ -23,6 +23,9 @@ _RUNS = flags.DEFINE_string(
     None,
     "Lake et al.'s one-shot runs (a folder or all_runs.zip): also report their error rates.",
 )
+_DATA_DIR = flags.DEFINE_string(
+    "data_dir", None, "Where the run's data set is now (default: where training read it)."
+)
 cli.define_runtime_flags()
 flags.mark_flag_as_required("workdir")
 _PROG = "maml_dist.evaluate"
@@ -48,6 +51,7 @@ def main(argv):
             _SEED.value,
             _NUM_QUERY.value,
             _RUNS.value,
+            _DATA_DIR.value,
         )
         if jax.process_index() == 0:
             print(evaluator.format_table(report))

@@ -73,6 +73,7 @@ def evaluate(
     seed: int | None = None,
     num_query: int | None = None,
     omniglot_runs: str | None = None,
+    data_dir: str | None = None,
 ) -> dict:
     """Meta-tests a checkpoint on `num_tasks` fixed test tasks for each K in `shots`.
 
@@ -92,6 +93,7 @@ def evaluate(
             class (classification, default 15).
         omniglot_runs: path of Lake et al.'s one-shot runs (folder or all_runs.zip), to
             report their error rates too (20-way classification runs only).
+        data_dir: where the data set is now, if not where training read it.
 
     Returns:
         The results dict (see README for its shape).
@@ -107,6 +109,12 @@ def evaluate(
             "--shots (e.g. --shots=5,10,20)"
         )
     config = load_run_config(workdir)
+    if data_dir is not None:
+        if "data_dir" not in config:
+            raise checks.UserInputError(
+                f"--data_dir applies to runs that read a data set; {config.task!r} does not"
+            )
+        config.data_dir = data_dir
     problem = make_problem(config)
     family = problem.family
     classification = family.kind == "classification"

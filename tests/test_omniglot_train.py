@@ -98,7 +98,18 @@ def test_train_then_evaluate_classification_from_the_command_line(data, tmp_path
     proc, errors = _run("maml_dist.evaluate", f"--workdir={workdir}", "--num_tasks=8")
     assert proc.returncode == 2 and len(errors) == 1  # 1 + 15 images per class; it has 4
     assert "maml_dist.evaluate: --shots / --num_query" in errors[0]
-    proc, _ = _run("maml_dist.evaluate", f"--workdir={workdir}", "--num_tasks=8", "--num_query=3")
+    moved = tmp_path / "moved"
+    data.rename(moved)  # evaluating where the data set now lives
+    try:
+        proc, _ = _run(
+            "maml_dist.evaluate",
+            f"--workdir={workdir}",
+            "--num_tasks=8",
+            "--num_query=3",
+            f"--data_dir={moved}",
+        )
+    finally:
+        moved.rename(data)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "query accuracy (mean ± 95% CI) over 8 test tasks" in proc.stdout
     assert "2-way" in proc.stdout
