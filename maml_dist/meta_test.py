@@ -33,15 +33,19 @@ def adaptation_curves(
     lr: float,
     steps: int,
     metrics: tuple[algorithms.LossFn, ...] | None = None,
-    chunk: int = 100,
+    chunk: int | None = None,
 ) -> np.ndarray:
     """Query metrics of every task after 0..steps inner steps: (num_tasks, steps + 1, M).
 
     Tasks go through in chunks of `chunk` (one compiled program, the last chunk padded),
     so memory stays that of `chunk` tasks whatever their number: 600 20-way 5-shot
-    episodes at once would need tens of GiB of conv activations.
+    episodes at once would need tens of GiB of conv activations. The default is 10 tasks
+    on CPU, where smaller chunks run faster (100 Omniglot 5-way 1-shot tasks, 10 steps:
+    13.0 s in one chunk, 7.0 s in chunks of 10), and 100 on accelerators.
     """
     num_tasks = jax.tree.leaves(tasks)[0].shape[0]
+    if chunk is None:
+        chunk = 10 if jax.default_backend() == "cpu" else 100
     chunk = min(chunk, num_tasks)
     sharding = jax.tree.leaves(params)[0].sharding
     out = []
