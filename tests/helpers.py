@@ -1,11 +1,36 @@
 """Shared test fixtures: the tiny sinusoid config and generated Omniglot-layout data."""
 
+import os
+import pathlib
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
 from PIL import Image
 
 from configs import sinusoid as sinusoid_config
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_module(module, *args, timeout=120):
+    """Runs `python -m module args` from the repository root on CPU, as a user would.
+
+    Returns:
+        (the finished process, its stderr lines holding ": error: ").
+    """
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
+    )
+    return proc, [line for line in proc.stderr.splitlines() if ": error: " in line]
 
 
 def tiny_config(**overrides):

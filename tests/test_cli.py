@@ -4,11 +4,9 @@ import hashlib
 import json
 import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
-from helpers import tiny_config
+from helpers import run_module, tiny_config
 
 from maml_dist import trainer
 
@@ -16,19 +14,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = f"--config={ROOT / 'configs' / 'sinusoid.py'}:tiny"
 
 
-def _run(module, *args, timeout=120):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", module, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=ROOT,
-    )
-    errors = [line for line in proc.stderr.splitlines() if ": error: " in line]
-    return proc, errors
+def _run(module, *args):
+    return run_module(module, *args, timeout=120)
 
 
 def _digest(directory):

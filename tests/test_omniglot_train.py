@@ -1,16 +1,13 @@
 """Omniglot through the real trainer and evaluator, the host feed and the one-shot runs."""
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import chex
 import jax
 import numpy as np
 import pytest
-from helpers import make_omniglot_set, make_one_shot_runs, zip_folder
+from helpers import make_omniglot_set, make_one_shot_runs, run_module, zip_folder
 
 from configs import omniglot as omniglot_configs
 from maml_dist import checks, metrics, parallel, plotting, trainer
@@ -44,18 +41,8 @@ def _config(data, tmp_path, **overrides):
     return config
 
 
-def _run(module, *args, timeout=300):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", module, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=ROOT,
-    )
-    return proc, [line for line in proc.stderr.splitlines() if ": error: " in line]
+def _run(module, *args):
+    return run_module(module, *args, timeout=300)
 
 
 def test_configs_carry_the_paper_hyperparameters():
