@@ -15,7 +15,7 @@ from maml_dist import state as state_lib
 from maml_dist.checkpointing import Checkpointer, has_checkpoint
 from maml_dist.data import omniglot_runs as omniglot_runs_lib
 from maml_dist.problem import make_problem
-from maml_dist.tasks.base import TEST_STREAM, TaskBatch
+from maml_dist.types import TEST_STREAM, TaskBatch
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:

@@ -20,7 +20,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from maml_dist.parallel import AXIS
-from maml_dist.tasks.base import TRAIN_STREAM, TaskBatch
+from maml_dist.types import TRAIN_STREAM, TaskBatch
 
 _DONE = object()
 

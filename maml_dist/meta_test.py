@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from maml_dist import algorithms
-from maml_dist.tasks.base import TaskBatch, TaskFamily, stream_key, task_key
+from maml_dist.tasks.base import TaskFamily
+from maml_dist.types import TaskBatch, stream_key, task_key
 
 
 def sample_tasks(

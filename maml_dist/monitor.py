@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 
 from maml_dist import meta_test, plotting
-from maml_dist.tasks.base import IMAGE_STREAM, VALIDATION_STREAM
+from maml_dist.types import IMAGE_STREAM, VALIDATION_STREAM
 
 # Points on which the regression image draws the true function and the predictions.
 _IMAGE_POINTS = 200

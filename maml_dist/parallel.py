@@ -16,7 +16,7 @@ from jax.sharding import PartitionSpec as P
 
 from maml_dist import algorithms
 from maml_dist.state import TrainState
-from maml_dist.tasks.base import TRAIN_STREAM, TaskBatch, stream_key, task_key
+from maml_dist.types import TRAIN_STREAM, TaskBatch, stream_key, task_key
 
 AXIS = "tasks"
 

@@ -10,13 +10,8 @@ import jax
 import ml_collections
 
 from maml_dist import algorithms, meta_test, tasks
-from maml_dist.tasks.base import (
-    IMAGE_STREAM,
-    TRAIN_STREAM,
-    VALIDATION_STREAM,
-    TaskBatch,
-    TaskFamily,
-)
+from maml_dist.tasks.base import TaskFamily
+from maml_dist.types import IMAGE_STREAM, TRAIN_STREAM, VALIDATION_STREAM, TaskBatch
 
 
 @dataclasses.dataclass(frozen=True)

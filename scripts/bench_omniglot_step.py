@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from maml_dist import algorithms, models
-from maml_dist.tasks.base import TaskBatch
+from maml_dist.types import TaskBatch
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ import numpy as np
 
 from maml_dist import meta_test
 from maml_dist.data import episodes, omniglot, splits
-from maml_dist.tasks.base import TEST_STREAM
+from maml_dist.types import TEST_STREAM
 
 
 def nn_accuracy(episode) -> float:

@@ -8,7 +8,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from maml_dist import algorithms, models
-from maml_dist.tasks.base import TaskBatch
+from maml_dist.types import TaskBatch
 
 
 def _tiny_problem(dtype):

@@ -14,7 +14,7 @@ from helpers import make_omniglot_set, zip_folder
 from maml_dist import algorithms, models
 from maml_dist.checks import UserInputError
 from maml_dist.data import episodes, omniglot, splits
-from maml_dist.tasks.base import TaskBatch
+from maml_dist.types import TaskBatch
 
 REAL = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
 

@@ -16,7 +16,7 @@ from maml_dist.data.omniglot import decode_image
 from maml_dist.errors import UserInputError
 from maml_dist.feed import HostFeed
 from maml_dist.problem import make_problem
-from maml_dist.tasks.base import TRAIN_STREAM
+from maml_dist.types import TRAIN_STREAM
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = f"--config={ROOT / 'configs' / 'omniglot.py'}:tiny"

@@ -13,7 +13,7 @@ from jax.sharding import PartitionSpec as P
 from maml_dist import parallel
 from maml_dist import state as state_lib
 from maml_dist.problem import make_problem
-from maml_dist.tasks.base import TRAIN_STREAM, stream_key, task_key
+from maml_dist.types import TRAIN_STREAM, stream_key, task_key
 
 # float32 sums of 16-25 task terms in a different order (per device, then across devices)
 # differ from one flat sum by a few ulps: rtol 1e-5 is ~100 ulps, far below any real bug

@@ -11,7 +11,7 @@ import numpy as np
 
 from maml_dist.data.omniglot import Omniglot
 from maml_dist.errors import UserInputError
-from maml_dist.tasks.base import TaskBatch
+from maml_dist.types import TaskBatch
 
 
 class EpisodeSampler:

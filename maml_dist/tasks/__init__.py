@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import ml_collections
 
-from maml_dist.tasks.base import TaskBatch, TaskFamily
+from maml_dist.tasks.base import TaskFamily
 from maml_dist.tasks.omniglot import OmniglotFamily
 from maml_dist.tasks.sinusoid import Sinusoid
+from maml_dist.types import TaskBatch
 
 REGISTRY: dict[str, type] = {
     Sinusoid.name: Sinusoid,

@@ -1,4 +1,4 @@
-"""What every task family provides: a batch layout and the family interface."""
+"""What every task family provides: the family interface."""
 
 from __future__ import annotations
 
@@ -6,24 +6,8 @@ from typing import Protocol
 
 import flax.linen as nn
 import jax
-from flax import struct
 
-# Disjoint key streams. Training, in-training validation and meta-testing draw their tasks
-# from different streams of the seed, so meta-test tasks are never meta-training tasks.
-TRAIN_STREAM = 0
-VALIDATION_STREAM = 1
-TEST_STREAM = 2
-IMAGE_STREAM = 3  # the one task pictured in TensorBoard during training
-
-
-@struct.dataclass
-class TaskBatch:
-    """Support and query sets of one task, or of a batch of tasks (leading axis)."""
-
-    support_x: jax.Array
-    support_y: jax.Array
-    query_x: jax.Array
-    query_y: jax.Array
+from maml_dist.types import TaskBatch
 
 
 class TaskFamily(Protocol):
@@ -62,17 +46,3 @@ class TaskFamily(Protocol):
     def example_input(self) -> jax.Array:
         """Returns an input batch of the model's shape, for initialisation."""
         ...
-
-
-def stream_key(seed: int, stream: int) -> jax.Array:
-    """Returns the root key of one of the seed's task streams."""
-    return jax.random.fold_in(jax.random.key(seed), stream)
-
-
-def task_key(root: jax.Array, step: jax.Array | int, index: jax.Array | int) -> jax.Array:
-    """Key of task `index` (global index in the meta-batch) of meta-step `step`.
-
-    Depending only on (root, step, global index) makes the meta-batch the same whatever
-    the number of devices or processes, and makes resuming need no data-loader state.
-    """
-    return jax.random.fold_in(jax.random.fold_in(root, step), index)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from maml_dist import models
-from maml_dist.tasks.base import TaskBatch
+from maml_dist.types import TaskBatch
 
 
 class Sinusoid:

@@ -1,0 +1,56 @@
+"""Leaf types shared across the package: task batches, key streams and function shapes.
+
+This module imports nothing from `maml_dist`, so any module (the data readers, the pure
+core, the task families) can use these without pulling in the task registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+from flax import struct
+
+Params = Any
+"""A pytree of network weights."""
+
+MetaParams = dict[str, Any]
+"""What an algorithm meta-learns: `{"params": weights, ...}` plus its own extras."""
+
+LossFn = Callable[[Params, jax.Array, jax.Array], jax.Array]
+"""`loss_fn(params, x, y) -> scalar`: one task's loss on one set."""
+
+QueryFn = Callable[[Params, jax.Array, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+"""`query_fn(params, x, y) -> (loss, {metric: value})` from one forward pass."""
+
+# Disjoint key streams. Training, in-training validation and meta-testing draw their tasks
+# from different streams of the seed, so meta-test tasks are never meta-training tasks.
+TRAIN_STREAM = 0
+VALIDATION_STREAM = 1
+TEST_STREAM = 2
+IMAGE_STREAM = 3  # the one task pictured in TensorBoard during training
+
+
+@struct.dataclass
+class TaskBatch:
+    """Support and query sets of one task, or of a batch of tasks (leading axis)."""
+
+    support_x: jax.Array
+    support_y: jax.Array
+    query_x: jax.Array
+    query_y: jax.Array
+
+
+def stream_key(seed: int, stream: int) -> jax.Array:
+    """Returns the root key of one of the seed's task streams."""
+    return jax.random.fold_in(jax.random.key(seed), stream)
+
+
+def task_key(root: jax.Array, step: jax.Array | int, index: jax.Array | int) -> jax.Array:
+    """Key of task `index` (global index in the meta-batch) of meta-step `step`.
+
+    Depending only on (root, step, global index) makes the meta-batch the same whatever
+    the number of devices or processes, and makes resuming need no data-loader state.
+    """
+    return jax.random.fold_in(jax.random.fold_in(root, step), index)
