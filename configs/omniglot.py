@@ -60,10 +60,14 @@ def get_config(variant: str | None = "5w1s") -> ml_collections.ConfigDict:
     c.num_steps = 60_000
     c.meta_batch_size = meta_batch
     c.pad_meta_batch = False
+    # The meta-learning algorithm: maml | fomaml | metasgd | anil | reptile | imaml.
+    c.algorithm = "maml"
     c.inner_steps = inner_steps
     c.inner_lr = inner_lr
     c.first_order = False
     c.remat_inner = False
+    c.imaml_lambda = 2.0  # iMAML: proximal strength lambda (Rajeswaran et al.: 2 on Omniglot)
+    c.cg_steps = 5  # iMAML: conjugate-gradient iterations per task
     c.task_batching = "auto"
     c.reduction = "sum"
     c.meta_lr = 1e-3

@@ -38,10 +38,14 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.shots = 10
     c.num_query = 10
 
+    # The meta-learning algorithm: maml | fomaml | metasgd | anil | reptile | imaml.
+    c.algorithm = "maml"
     c.inner_steps = 1
     c.inner_lr = 0.01
     c.first_order = False
     c.remat_inner = False
+    c.imaml_lambda = 2.0  # iMAML: proximal strength lambda (Rajeswaran et al.: 2 on Omniglot)
+    c.cg_steps = 5  # iMAML: conjugate-gradient iterations per task
 
     # How a device runs its tasks ("vmap" | "loop" | "unroll") and how devices combine them
     # ("sum" | "ordered": bit-identical results for any device count). README, "Sharding".

@@ -9,6 +9,7 @@ import tempfile
 
 import ml_collections
 
+from maml_dist import algorithms
 from maml_dist.errors import UserInputError
 from maml_dist.parallel import AUTO, BATCHINGS, REDUCTIONS
 
@@ -26,8 +27,8 @@ _POSITIVE_INTS = (
     "max_to_keep",
     "eval_tasks",
 )
-_NON_NEGATIVE_INTS = ("inner_steps", "eval_inner_steps")
-_POSITIVE_FLOATS = ("inner_lr", "meta_lr")
+_NON_NEGATIVE_INTS = ("inner_steps", "eval_inner_steps", "cg_steps")
+_POSITIVE_FLOATS = ("inner_lr", "meta_lr", "imaml_lambda")
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -57,7 +58,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                 f"config.{name} must be a positive finite number, got {value!r}; "
                 f"pass e.g. --config.{name}=0.001"
             )
-    for name, allowed in (("task_batching", (*BATCHINGS, AUTO)), ("reduction", REDUCTIONS)):
+    choices = (
+        ("algorithm", tuple(algorithms.REGISTRY)),
+        ("task_batching", (*BATCHINGS, AUTO)),
+        ("reduction", REDUCTIONS),
+    )
+    for name, allowed in choices:
         if config[name] not in allowed:
             raise UserInputError(
                 f"config.{name} must be one of {', '.join(map(repr, allowed))}, got "

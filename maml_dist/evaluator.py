@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from maml_dist import checks, meta_test, parallel, plotting, tasks
+from maml_dist import checks, meta_test, parallel, plotting
 from maml_dist import state as state_lib
 from maml_dist.checkpointing import Checkpointer, has_checkpoint
 from maml_dist.data import omniglot_runs as omniglot_runs_lib
@@ -35,19 +35,22 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
         return ml_collections.ConfigDict(json.load(f))
 
 
-def restore_params(config: ml_collections.ConfigDict, workdir: str, step: int | None):
+def restore_params(config: ml_collections.ConfigDict, workdir: str, step: int | None, problem=None):
     """Restores the meta-parameters of checkpoint `step` (default: the latest).
 
+    `problem` is the config's `Problem` if the caller has built it already.
+
     Returns:
-        (params, step).
+        (meta_params, step).
     """
-    family = tasks.make_task_family(config)
+    problem = problem or make_problem(config)
     tx, _ = state_lib.make_meta_optimizer(config)
     target = state_lib.abstract_state(
-        family.make_model(),
-        family.example_input(),
+        problem.model,
+        problem.family.example_input(),
         tx,
         config.seed,
+        problem.algorithm,
         parallel.replicated(parallel.make_mesh()),
     )
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=1, create=False)
@@ -61,7 +64,7 @@ def restore_params(config: ml_collections.ConfigDict, workdir: str, step: int | 
         state = ckpt.restore(step, target)
     finally:
         ckpt.close()
-    return state.params, step
+    return state.meta_params, step
 
 
 def evaluate(
@@ -130,14 +133,14 @@ def evaluate(
     shots = shots or ((config.shots,) if classification else (5, 10, 20))
     num_query = num_query or (15 if classification else 100)
     seed = config.seed if seed is None else seed
-    params, step = restore_params(config, workdir, step)
+    meta_params, step = restore_params(config, workdir, step, problem)
     metrics = (problem.score_fn,)
 
     results, examples = [], []
     for k in shots:
         test = problem.fixed_tasks(seed, TEST_STREAM, num_tasks, k, num_query)
         curves = meta_test.adaptation_curves(
-            problem.loss_fn, params, test, config.inner_lr, max_inner_steps, metrics
+            problem.algorithm, meta_params, test, max_inner_steps, metrics
         )[..., 0]
         mean, ci = meta_test.mean_and_ci95(curves)
         result = {"shots": k}
@@ -156,9 +159,10 @@ def evaluate(
             }
         )
         first = jax.device_put(
-            jax.tree.map(lambda a: np.asarray(a)[0], test), jax.tree.leaves(params)[0].sharding
+            jax.tree.map(lambda a: np.asarray(a)[0], test),
+            jax.tree.leaves(meta_params)[0].sharding,
         )
-        examples.append(_example(problem, params, first, config.inner_lr, max_inner_steps))
+        examples.append(_example(problem, meta_params, first, max_inner_steps))
 
     report = {
         "task": config.task,
@@ -167,11 +171,12 @@ def evaluate(
         "step": int(step),
         "seed": seed,
         "num_query": num_query,
+        "algorithm": config.algorithm,
         "inner_lr": config.inner_lr,
         "results": results,
     }
     if runs is not None:
-        report["omniglot_runs"] = _one_shot_runs(problem, params, runs, config, max_inner_steps)
+        report["omniglot_runs"] = _one_shot_runs(problem, meta_params, runs, max_inner_steps)
     if jax.process_index() == 0:
         out = os.path.join(workdir, "eval")
         os.makedirs(out, exist_ok=True)
@@ -185,7 +190,7 @@ def evaluate(
     return report
 
 
-def _one_shot_runs(problem, params, runs, config, steps: int) -> dict:
+def _one_shot_runs(problem, meta_params, runs, steps: int) -> dict:
     """Error rate of each one-shot run after adapting `steps` steps on its 20 images."""
     tasks = TaskBatch(
         support_x=np.stack([r.support_x[..., None] for r in runs]),
@@ -194,7 +199,7 @@ def _one_shot_runs(problem, params, runs, config, steps: int) -> dict:
         query_y=np.stack([r.query_y for r in runs]),
     )
     curves = meta_test.adaptation_curves(
-        problem.loss_fn, params, tasks, config.inner_lr, steps, (problem.score_fn,)
+        problem.algorithm, meta_params, tasks, steps, (problem.score_fn,)
     )
     errors = 1.0 - curves[:, -1, 0]
     return {
@@ -211,10 +216,10 @@ def _json_numbers(values: np.ndarray) -> list[float | None]:
     return [float(v) if np.isfinite(v) else None for v in values]
 
 
-def _example(problem, params, task, lr: float, steps: int):
+def _example(problem, meta_params, task, steps: int):
     """The example picture's data for one test task: a fit panel, or an episode image."""
     before, after = meta_test.adapted_predictions(
-        problem.model, problem.loss_fn, params, task, lr, steps, task.query_x
+        problem.model, problem.algorithm, meta_params, task, steps, task.query_x
     )
     task, before, after = jax.device_get((task, before, after))
     if problem.family.kind == "classification":

@@ -10,7 +10,7 @@ import numpy as np
 
 from maml_dist import algorithms
 from maml_dist.tasks.base import TaskFamily
-from maml_dist.types import TaskBatch, stream_key, task_key
+from maml_dist.types import LossFn, TaskBatch, stream_key, task_key
 
 
 def sample_tasks(
@@ -28,15 +28,16 @@ def sample_tasks(
 
 
 def adaptation_curves(
-    loss_fn: algorithms.LossFn,
-    params,
+    algorithm: algorithms.Algorithm,
+    meta_params,
     tasks: TaskBatch,
-    lr: float,
     steps: int,
-    metrics: tuple[algorithms.LossFn, ...] | None = None,
+    metrics: tuple[LossFn, ...],
     chunk: int | None = None,
 ) -> np.ndarray:
     """Query metrics of every task after 0..steps inner steps: (num_tasks, steps + 1, M).
+
+    The inner steps are the algorithm's meta-test steps (`algorithm.inner_step`).
 
     Tasks go through in chunks of `chunk` (one compiled program, the last chunk padded),
     so memory stays that of `chunk` tasks whatever their number: 600 20-way 5-shot
@@ -48,21 +49,21 @@ def adaptation_curves(
     if chunk is None:
         chunk = 10 if jax.default_backend() == "cpu" else 100
     chunk = min(chunk, num_tasks)
-    sharding = jax.tree.leaves(params)[0].sharding
+    sharding = jax.tree.leaves(meta_params)[0].sharding
     out = []
     for start in range(0, num_tasks, chunk):
         # Indices past the end repeat the last task; their rows are dropped below.
         rows = np.minimum(np.arange(start, start + chunk), num_tasks - 1)
         part = jax.device_put(jax.tree.map(lambda a, r=rows: np.asarray(a)[r], tasks), sharding)
-        out.append(jax.device_get(_curves(loss_fn, params, part, lr, steps, metrics)))
+        out.append(jax.device_get(_curves(algorithm, meta_params, part, steps, metrics)))
     return np.concatenate(out)[:num_tasks]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4, 5))
-def _curves(loss_fn, params, tasks: TaskBatch, lr: float, steps: int, metrics) -> jax.Array:
-    return jax.vmap(lambda t: algorithms.adaptation_curve(loss_fn, params, t, lr, steps, metrics))(
-        tasks
-    )
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+def _curves(algorithm, meta_params, tasks: TaskBatch, steps: int, metrics) -> jax.Array:
+    return jax.vmap(
+        lambda t: algorithms.adaptation_curve(algorithm, meta_params, t, steps, metrics)
+    )(tasks)
 
 
 def median(values: np.ndarray) -> np.ndarray:
@@ -81,13 +82,12 @@ def mean_and_ci95(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return values.mean(axis=0), 1.96 * std / np.sqrt(n)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 4, 5))
+@functools.partial(jax.jit, static_argnums=(0, 1, 4))
 def adapted_predictions(
-    model, loss_fn: algorithms.LossFn, params, task: TaskBatch, lr: float, steps: int, grid
+    model, algorithm: algorithms.Algorithm, meta_params, task: TaskBatch, steps: int, grid
 ):
     """Predictions on `grid` before and after `steps` inner steps on one task's support set."""
-    inner = algorithms.InnerConfig(lr=lr, steps=steps, first_order=True)
-    adapted = algorithms.adapt(loss_fn, params, task.support_x, task.support_y, inner)
-    before = model.apply({"params": params}, grid)
+    adapted = algorithm.adapt(meta_params, task.support_x, task.support_y, steps)
+    before = model.apply({"params": meta_params["params"]}, grid)
     after = model.apply({"params": adapted}, grid)
     return before, after

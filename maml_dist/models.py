@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 CONV_IMPLS = ("xla", "im2col", "auto")
+HEAD = "head"  # the name of every network's last layer, the part ANIL adapts
 
 
 def resolve_conv_impl(name: str, backend: str | None = None) -> str:
@@ -46,7 +47,8 @@ class MLP(nn.Module):
             kwargs["kernel_init"] = nn.initializers.truncated_normal(self.init_stddev)
         for width in self.hidden_sizes:
             x = nn.relu(nn.Dense(width, **kwargs)(x))
-        return nn.Dense(self.out_features, **kwargs)(x)
+        # Named so that ANIL can tell the head (adapted) from the body (only meta-learned).
+        return nn.Dense(self.out_features, name=HEAD, **kwargs)(x)
 
 
 class BatchStatNorm(nn.Module):
@@ -135,4 +137,4 @@ class ConvNet(nn.Module):
             else:
                 x = nn.Conv(self.filters, (3, 3), strides=2, padding="SAME")(x)
             x = nn.relu(BatchStatNorm()(x))
-        return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))
+        return nn.Dense(self.num_classes, name=HEAD)(x.reshape(x.shape[0], -1))

@@ -23,11 +23,7 @@ class Monitor:
     def __init__(self, config: ml_collections.ConfigDict, problem, sharding):
         """Samples the validation set once; the pictured task is placed with `sharding`."""
         self.problem = problem
-        self.lr, self.steps, self.train_steps = (
-            config.inner_lr,
-            config.eval_inner_steps,
-            config.inner_steps,
-        )
+        self.steps, self.train_steps = config.eval_inner_steps, config.inner_steps
         self.tasks = problem.fixed_tasks(
             config.seed, VALIDATION_STREAM, config.eval_tasks, config.shots, config.num_query
         )
@@ -36,13 +32,13 @@ class Monitor:
         image_task = problem.fixed_tasks(config.seed, IMAGE_STREAM, 1, config.shots, image_query)
         self.image_task = jax.device_put(jax.device_get(image_task), sharding)
 
-    def scalars(self, params) -> dict[str, float]:
+    def scalars(self, meta_params) -> dict[str, float]:
         """Mean validation metric (and loss, if it differs) after 0..eval_inner_steps steps."""
         p = self.problem
         names = (p.family.metric,) if p.score_is_loss else (p.family.metric, "loss")
         metrics = (p.score_fn,) if p.score_is_loss else (p.score_fn, p.loss_fn)
         curves = meta_test.adaptation_curves(
-            p.loss_fn, params, self.tasks, self.lr, self.steps, metrics
+            p.algorithm, meta_params, self.tasks, self.steps, metrics
         )
         mean = curves.mean(axis=0)
         return {
@@ -51,7 +47,7 @@ class Monitor:
             for k, v in enumerate(mean[:, j])
         }
 
-    def image(self, params, render: bool = True) -> np.ndarray | None:
+    def image(self, meta_params, render: bool = True) -> np.ndarray | None:
         """The picture of one validation task before and after `inner_steps` steps.
 
         Every process must call this (the predictions are a computation over the global
@@ -60,10 +56,9 @@ class Monitor:
         task = jax.tree.map(lambda a: a[0], self.image_task)
         before, after = meta_test.adapted_predictions(
             self.problem.model,
-            self.problem.loss_fn,
-            params,
+            self.problem.algorithm,
+            meta_params,
             task,
-            self.lr,
             self.train_steps,
             task.query_x,
         )

@@ -14,9 +14,9 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from maml_dist import algorithms
+from maml_dist.algorithms import Algorithm
 from maml_dist.state import TrainState
-from maml_dist.types import TRAIN_STREAM, TaskBatch, stream_key, task_key
+from maml_dist.types import TRAIN_STREAM, QueryFn, TaskBatch, stream_key, task_key
 
 AXIS = "tasks"
 
@@ -86,9 +86,11 @@ class MetaBatch:
     """What one meta-step computes, independent of how it is laid over devices.
 
     Attributes:
-        loss_fn: per-task loss `loss_fn(params, x, y)`.
-        sample_fn: task sampler `key -> TaskBatch` (one task).
-        inner: inner-loop settings.
+        algorithm: the meta-learning algorithm; this module only maps its `task_grad`
+            over tasks and reduces what it returns.
+        query_fn: `(params, x, y) -> (loss, metrics)`, scored on the query set before
+            adaptation (the "before" columns of the logs).
+        sample_fn: task sampler `key -> TaskBatch` (one task); None when the host samples.
         meta_batch_size: real tasks per meta-step (padding excluded).
         seed: the run's seed; tasks come from its training stream.
         batching: how a device runs its tasks: "vmap" (one batched program), "loop"
@@ -102,99 +104,95 @@ class MetaBatch:
             parameter-sized buffer); "ordered" gathers every task's terms and adds them in
             global task order on every device (a meta_batch x parameters psum), which with
             "loop" makes results bit-identical for any device or process count.
+        fuse_collectives: False: one psum per leaf, only to measure what fusing saves.
     """
 
-    loss_fn: algorithms.LossFn
-    sample_fn: SampleFn
-    inner: algorithms.InnerConfig
+    algorithm: Algorithm
+    query_fn: QueryFn
+    sample_fn: SampleFn | None
     meta_batch_size: int
     seed: int
     batching: str = "vmap"
     reduction: str = "sum"
-    # False: one psum per parameter leaf, only to measure what fusing saves (benchmarks).
     fuse_collectives: bool = True
-    # `(params, x, y) -> (loss, metric)` from one forward pass, for families with a reported
-    # metric besides the loss (classification accuracy); it replaces `loss_fn` on the query.
-    loss_and_score_fn: Callable | None = None
-    score_name: str = "score"
-
-    @property
-    def metric_names(self) -> tuple[str, ...]:
-        """Names of the per-task values that follow the gradient in `task_terms` rows."""
-        names = ("meta_loss", "loss_before")
-        if self.loss_and_score_fn is not None:
-            names += (f"{self.score_name}_after", f"{self.score_name}_before")
-        return names
 
 
 def task_terms(
     spec: MetaBatch,
-    params,
+    meta_params,
     step: jax.Array,
     indices: jax.Array,
     tasks: TaskBatch | None = None,
     measure: bool | jax.Array = True,
-) -> jax.Array:
-    """Per-task meta-gradient and losses of the tasks `indices` (global) of meta-step `step`.
+):
+    """Per-task outer gradients and metrics of the tasks `indices` (global) of meta-step `step`.
 
     Args:
         spec: what a meta-step computes.
-        params: meta-parameters.
+        meta_params: the algorithm's meta-parameters.
         step: the meta-step (selects the sampled tasks).
         indices: global task indices.
         tasks: the tasks themselves, one per index, when the host samples them
             (`spec.sample_fn` is None); otherwise sampled here on the device.
         measure: whether to score the query set before adaptation too (one more forward
-            pass per task); if False, those columns are NaN. The trainer measures only the
+            pass per task); if False, those values are NaN. The trainer measures only the
             last step of each chunk, the one it reports.
 
     Returns:
-        (len(indices), num_params + len(spec.metric_names)): each row is [flat
-        meta-gradient, loss after adaptation, loss before, (score after, score before)],
-        unweighted.
+        `(grads, metrics)` stacked over the tasks (leading axis), unweighted: grads shaped
+        like `meta_params`; metrics `meta_loss` and `loss_before` (query loss after and
+        before adaptation) and `<metric>_after` / `<metric>_before` for each of
+        `query_fn`'s metrics.
     """
     root = stream_key(spec.seed, TRAIN_STREAM)
+    params = meta_params["params"]
 
     def one(index_and_task):
         index, task = index_and_task
         if task is None:
             task = spec.sample_fn(task_key(root, step, index))
-
-        def query(p):
-            if spec.loss_and_score_fn is None:
-                return spec.loss_fn(p, task.query_x, task.query_y), ()
-            loss, score = spec.loss_and_score_fn(p, task.query_x, task.query_y)
-            return loss, (score,)
-
-        def objective(p):
-            adapted = algorithms.adapt(spec.loss_fn, p, task.support_x, task.support_y, spec.inner)
-            return query(adapted)
-
-        (after, score_after), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        grads, (after, scores_after) = spec.algorithm.task_grad(meta_params, task, step)
 
         def before():
-            loss, score = query(params)
-            return (loss, *score)
+            return spec.query_fn(params, task.query_x, task.query_y)
 
         if isinstance(measure, bool) and measure:
-            before_values = before()
+            loss_before, scores_before = before()
         else:
             # An unbatched predicate keeps this a real branch under vmap and lax.map.
             # NaNs shaped (and device-varying) like `after`, as cond's branches must match.
-            nans = tuple(jnp.full_like(after, jnp.nan) for _ in range(1 + len(score_after)))
-            before_values = jax.lax.cond(measure, before, lambda: nans)
-        loss_before, *score_before = before_values
-        values = [after, loss_before, *score_after, *score_before]
-        return jnp.concatenate([ravel_pytree(grads)[0], jnp.stack(values)])
+            def nans():
+                nan = jnp.full_like(after, jnp.nan)
+                return nan, {k: nan for k in scores_after}
+
+            loss_before, scores_before = jax.lax.cond(measure, before, nans)
+        metrics = {"meta_loss": after, "loss_before": loss_before}
+        metrics.update({f"{k}_after": v for k, v in scores_after.items()})
+        metrics.update({f"{k}_before": v for k, v in scores_before.items()})
+        return grads, metrics
 
     xs = (indices, tasks)
     if spec.batching == "loop":
         return jax.lax.map(one, xs)
     if spec.batching == "unroll":
-        return jnp.stack(
-            [one(jax.tree.map(lambda a, j=j: a[j], xs)) for j in range(indices.shape[0])]
-        )
+        outs = [one(jax.tree.map(lambda a, j=j: a[j], xs)) for j in range(indices.shape[0])]
+        return jax.tree.map(lambda *a: jnp.stack(a), *outs)
     return jax.vmap(one)(xs)
+
+
+def weighted_rows(terms, weights: jax.Array) -> tuple[jax.Array, Callable]:
+    """Flattens per-task terms into rows scaled by their task weights.
+
+    Padded tasks (weight 0) become rows of exact zeros through `jnp.where`, not a
+    multiply: a padded task whose loss is NaN would otherwise poison the sum (0 * NaN).
+
+    Returns:
+        ((num_tasks, size) rows, `unravel` mapping a row back to `(grads, metrics)`).
+    """
+    flat = jax.vmap(lambda t: ravel_pytree(t)[0])(terms)
+    unravel = ravel_pytree(jax.tree.map(lambda a: a[0], terms))[1]
+    w = weights[:, None].astype(flat.dtype)
+    return jnp.where(w > 0, w * flat, 0), unravel
 
 
 def ordered_sum(rows: jax.Array) -> jax.Array:
@@ -207,16 +205,8 @@ def ordered_sum(rows: jax.Array) -> jax.Array:
     return total
 
 
-def _unpack(spec: MetaBatch, params, total: jax.Array):
-    """Splits a reduced [gradient, metrics...] row back into (grads, metrics)."""
-    unravel = ravel_pytree(params)[1]
-    names = spec.metric_names
-    n = total.shape[0] - len(names)
-    return unravel(total[:n]), {name: total[n + i] for i, name in enumerate(names)}
-
-
 def make_meta_grad_fn(spec: MetaBatch, mesh: jax.sharding.Mesh) -> Callable:
-    """Returns `(params, step[, tasks][, measure]) -> (grads, metrics)`, split over `mesh`.
+    """Returns `(meta_params, step[, tasks][, measure]) -> (grads, metrics)`, over `mesh`.
 
     `tasks` is the host-sampled meta-batch (sharded over the task axis) when
     `spec.sample_fn` is None; `measure` is as in `task_terms`.
@@ -226,60 +216,52 @@ def make_meta_grad_fn(spec: MetaBatch, mesh: jax.sharding.Mesh) -> Callable:
     """
     layout = TaskLayout(spec.meta_batch_size, mesh.shape[AXIS])
 
-    def body(params, step, measure, tasks=None):
+    def body(meta_params, step, measure, tasks=None):
         # Without this, jax.grad w.r.t. replicated params inside shard_map returns the
         # gradient summed over devices (DESIGN.md §4), silently mixing other devices' tasks
         # into each device's inner adaptation.
-        params = jax.lax.pcast(params, AXIS, to="varying")
+        meta_params = jax.lax.pcast(meta_params, AXIS, to="varying")
         first = jax.lax.axis_index(AXIS) * layout.per_device
         indices = first + jnp.arange(layout.per_device)
-        terms = task_weights(indices, spec.meta_batch_size)[:, None] * task_terms(
-            spec, params, step, indices, tasks, measure
-        )
+        terms = task_terms(spec, meta_params, step, indices, tasks, measure)
+        rows, unravel = weighted_rows(terms, task_weights(indices, spec.meta_batch_size))
         if spec.reduction == "ordered":
             # Place this device's rows at their global positions; the psum then adds only
             # zeros to them, so it is an exact gather, and every device sums the same rows
             # in the same order whatever the device count.
-            rows = jnp.zeros((layout.padded_size, terms.shape[1]), terms.dtype)
-            rows = jax.lax.dynamic_update_slice(rows, terms, (first, 0))
-            total = ordered_sum(jax.lax.psum(rows, AXIS)[: spec.meta_batch_size])
+            everyone = jnp.zeros((layout.padded_size, rows.shape[1]), rows.dtype)
+            everyone = jax.lax.dynamic_update_slice(everyone, rows, (first, 0))
+            total = ordered_sum(jax.lax.psum(everyone, AXIS)[: spec.meta_batch_size])
         elif spec.fuse_collectives:
-            total = jax.lax.psum(jnp.sum(terms, axis=0), AXIS)
+            total = jax.lax.psum(jnp.sum(rows, axis=0), AXIS)
         else:
-            grads_and_metrics = _unpack(spec, params, jnp.sum(terms, axis=0))
-            return jax.tree.map(lambda x: jax.lax.psum(x, AXIS), grads_and_metrics)
-        return _unpack(spec, params, total)
+            return jax.tree.map(lambda x: jax.lax.psum(x, AXIS), unravel(jnp.sum(rows, axis=0)))
+        return unravel(total)
 
     host = spec.sample_fn is None  # tasks come from the host, split over the devices
     in_specs = (P(), P(), P(), P(AXIS)) if host else (P(), P(), P())
     sharded = jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=(P(), P()))
 
-    def meta_grad_fn(params, step, tasks=None, measure=True):
+    def meta_grad_fn(meta_params, step, tasks=None, measure=True):
         extra = (tasks,) if host else ()
-        return sharded(params, step, jnp.asarray(measure), *extra)
+        return sharded(meta_params, step, jnp.asarray(measure), *extra)
 
     return meta_grad_fn
 
 
-def reference_meta_grads(spec: MetaBatch, params, step, tasks: TaskBatch | None = None):
-    """Unsharded reference: `jax.grad` of the meta-objective over the whole meta-batch.
+def reference_meta_grads(spec: MetaBatch, meta_params, step, tasks: TaskBatch | None = None):
+    """Unsharded reference: the same `task_terms` under one `vmap` over the whole meta-batch.
 
-    Written from `algorithms.meta_objective` directly (not from `task_terms`), so the
-    sharded path is checked against an independent formulation. `tasks` are the
-    host-sampled tasks (leading axis = meta-batch, padding allowed) when
-    `spec.sample_fn` is None.
+    The sharded path adds the `pcast` guard, the split over devices and the collectives;
+    comparing the two checks exactly those. `tasks` are the host-sampled tasks (leading
+    axis = meta-batch, padding allowed) when `spec.sample_fn` is None.
     """
-    root = stream_key(spec.seed, TRAIN_STREAM)
-    if tasks is None:
-        indices = jnp.arange(spec.meta_batch_size)
-        tasks = jax.vmap(lambda i: spec.sample_fn(task_key(root, step, i)))(indices)
-    else:
-        indices = jnp.arange(tasks.support_x.shape[0])
-    weights = task_weights(indices, spec.meta_batch_size)
-    (loss, aux), grads = jax.value_and_grad(algorithms.meta_objective, argnums=1, has_aux=True)(
-        spec.loss_fn, params, tasks, weights, spec.inner
-    )
-    return grads, {"meta_loss": loss, **aux}
+    size = spec.meta_batch_size if tasks is None else tasks.support_x.shape[0]
+    indices = jnp.arange(size)
+    vmapped = dataclasses.replace(spec, batching="vmap")
+    terms = task_terms(vmapped, meta_params, step, indices, tasks)
+    rows, unravel = weighted_rows(terms, task_weights(indices, spec.meta_batch_size))
+    return unravel(jnp.sum(rows, axis=0))
 
 
 def make_train_step(meta_grad_fn: Callable, tx: optax.GradientTransformation) -> Callable:
@@ -290,15 +272,16 @@ def make_train_step(meta_grad_fn: Callable, tx: optax.GradientTransformation) ->
     """
 
     def train_step(state: TrainState, tasks: TaskBatch | None = None, measure=True):
-        grads, metrics = meta_grad_fn(state.params, state.step, tasks, measure)
+        grads, metrics = meta_grad_fn(state.meta_params, state.step, tasks, measure)
         # Keeps XLA from fusing the update into the gradient computation: fusion (and so
         # FMA contraction) there depends on the device count, and would break the
         # bit-identity that task_batching="loop" + reduction="ordered" promise.
         grads = jax.lax.optimization_barrier(grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        updates, opt_state = tx.update(grads, state.opt_state, state.meta_params)
+        meta_params = optax.apply_updates(state.meta_params, updates)
         metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        state = TrainState(step=state.step + 1, meta_params=meta_params, opt_state=opt_state)
+        return state, metrics
 
     return train_step
 
@@ -346,23 +329,11 @@ def _last_only(n: int) -> jax.Array:
 def meta_batch_spec(config: ml_collections.ConfigDict, problem) -> MetaBatch:
     """The MetaBatch a config describes, for its `problem.Problem`."""
     return MetaBatch(
-        loss_fn=problem.loss_fn,
+        algorithm=problem.algorithm,
+        query_fn=problem.query_fn,
         sample_fn=problem.sample_fn,
-        inner=inner_config(config),
         meta_batch_size=config.meta_batch_size,
         seed=config.seed,
         batching=resolve_batching(config.task_batching),
         reduction=config.reduction,
-        loss_and_score_fn=None if problem.score_is_loss else problem.loss_and_score_fn,
-        score_name=problem.family.metric,
-    )
-
-
-def inner_config(config: ml_collections.ConfigDict) -> algorithms.InnerConfig:
-    """The inner-loop settings of a config."""
-    return algorithms.InnerConfig(
-        lr=config.inner_lr,
-        steps=config.inner_steps,
-        first_order=config.first_order,
-        remat=config.remat_inner,
     )

@@ -1,4 +1,4 @@
-"""A config's learning problem: task family, network, per-task loss, metric and tasks."""
+"""A config's learning problem: task family, network, losses, algorithm and tasks."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import ml_collections
 
 from maml_dist import algorithms, meta_test, tasks
 from maml_dist.tasks.base import TaskFamily
-from maml_dist.types import IMAGE_STREAM, TRAIN_STREAM, VALIDATION_STREAM, TaskBatch
+from maml_dist.types import IMAGE_STREAM, TRAIN_STREAM, VALIDATION_STREAM, QueryFn, TaskBatch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,7 +23,9 @@ class Problem:
         model: the meta-learned network.
         loss_fn: `loss_fn(params, x, y)`, one task's loss (what is differentiated).
         score_fn: `score_fn(params, x, y)`, one task's reported metric (`family.metric`).
-        loss_and_score_fn: `(params, x, y) -> (loss, metric)` from one forward pass.
+        query_fn: `(params, x, y) -> (loss, {metric: value})` from one forward pass; no
+            metric besides the loss when the metric is the loss (regression).
+        algorithm: the meta-learning algorithm of `config.algorithm`.
         sample_fn: `key -> TaskBatch`, one training task (config.shots / num_query
             points), for families sampled on the device; None for host-sampled ones.
     """
@@ -32,7 +34,8 @@ class Problem:
     model: nn.Module
     loss_fn: algorithms.LossFn
     score_fn: algorithms.LossFn
-    loss_and_score_fn: Callable
+    query_fn: QueryFn
+    algorithm: algorithms.Algorithm
     sample_fn: Callable[[jax.Array], TaskBatch] | None
 
     @property
@@ -57,8 +60,20 @@ class Problem:
         return sampler.batch(seed, stream, 0, range(num_tasks))
 
 
+def inner_config(config: ml_collections.ConfigDict) -> algorithms.InnerConfig:
+    """The algorithm settings of a config."""
+    return algorithms.InnerConfig(
+        lr=config.inner_lr,
+        steps=config.inner_steps,
+        first_order=config.first_order,
+        remat=config.remat_inner,
+        imaml_lambda=config.imaml_lambda,
+        cg_steps=config.cg_steps,
+    )
+
+
 def make_problem(config: ml_collections.ConfigDict) -> Problem:
-    """Builds the Problem of `config` (its `task`, `model`, `shots`, `num_query`)."""
+    """Builds the Problem of `config` (`task`, `model`, `algorithm`, `shots`, `num_query`)."""
     family = tasks.make_task_family(config)
     model = family.make_model()
     shots, num_query = config.shots, config.num_query
@@ -66,11 +81,19 @@ def make_problem(config: ml_collections.ConfigDict) -> Problem:
     def sample_fn(key):
         return family.sample(key, shots, num_query)
 
+    loss_fn = algorithms.make_loss_fn(model, family.loss)
+    regression = family.kind == "regression"
+    query_fn = algorithms.make_query_fn(
+        model, family.loss, {} if regression else {family.metric: family.score}
+    )
     return Problem(
-        family,
-        model,
-        algorithms.make_loss_fn(model, family.loss),
-        algorithms.make_loss_fn(model, family.score),
-        algorithms.make_loss_and_score_fn(model, family.loss, family.score),
-        None if family.host_sampled else sample_fn,
+        family=family,
+        model=model,
+        loss_fn=loss_fn,
+        score_fn=algorithms.make_loss_fn(model, family.score),
+        query_fn=query_fn,
+        algorithm=algorithms.make_algorithm(
+            config.algorithm, loss_fn, inner_config(config), query_fn
+        ),
+        sample_fn=None if family.host_sampled else sample_fn,
     )

@@ -20,12 +20,12 @@ class TrainState:
 
     Attributes:
         step: number of meta-updates applied so far (int32 scalar).
-        params: meta-parameters theta_0.
+        meta_params: what the algorithm meta-learns: `{"params": theta_0, ...}`.
         opt_state: the meta-optimiser's state.
     """
 
     step: jax.Array
-    params: Any
+    meta_params: Any
     opt_state: Any
 
 
@@ -46,21 +46,25 @@ def make_meta_optimizer(
 
 
 def create_train_state(
-    model, example_input: jax.Array, tx: optax.GradientTransformation, seed: int
+    model, example_input: jax.Array, tx: optax.GradientTransformation, seed: int, algorithm
 ) -> TrainState:
     """Initialises the meta-parameters from `seed` and the optimiser state (traceable)."""
     params = model.init(jax.random.key(seed), example_input)["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    meta_params = algorithm.init(params)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), meta_params=meta_params, opt_state=tx.init(meta_params)
+    )
 
 
-def init_state(model, example_input, tx, seed: int, sharding) -> TrainState:
+def init_state(model, example_input, tx, seed: int, algorithm, sharding) -> TrainState:
     """A fresh TrainState placed with `sharding` (initialised on device, in one jit)."""
     return jax.jit(
-        lambda: create_train_state(model, example_input, tx, seed), out_shardings=sharding
+        lambda: create_train_state(model, example_input, tx, seed, algorithm),
+        out_shardings=sharding,
     )()
 
 
-def abstract_state(model, example_input, tx, seed: int, sharding) -> TrainState:
+def abstract_state(model, example_input, tx, seed: int, algorithm, sharding) -> TrainState:
     """Shapes, dtypes and `sharding` of the TrainState, without computing it (for restore)."""
-    shapes = jax.eval_shape(lambda: create_train_state(model, example_input, tx, seed))
+    shapes = jax.eval_shape(lambda: create_train_state(model, example_input, tx, seed, algorithm))
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)

@@ -85,7 +85,12 @@ def train_and_evaluate(
     tx, schedule = state_lib.make_meta_optimizer(config)
     replicated = parallel.replicated(mesh)
     state = state_lib.init_state(
-        problem.model, problem.family.example_input(), tx, config.seed, replicated
+        problem.model,
+        problem.family.example_input(),
+        tx,
+        config.seed,
+        problem.algorithm,
+        replicated,
     )
 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.max_to_keep)
@@ -113,8 +118,10 @@ def train_and_evaluate(
     else:
         run = parallel.make_multi_step(train_step)
     logging.info(
-        "Training %s for %d steps on %d device(s): meta-batch %d (%d per device, %d padded).",
+        "Training %s with %s for %d steps on %d device(s): meta-batch %d (%d per device, "
+        "%d padded).",
         config.task,
+        config.algorithm,
         config.num_steps,
         layout.num_devices,
         config.meta_batch_size,
@@ -160,8 +167,8 @@ def _loop(config, state, step, run, feed, clock, writer, schedule, ckpt, monitor
             if checkpoint_now:
                 ckpt.save(end, state, force=end == config.num_steps)
             if eval_now:
-                extra = monitor.scalars(state.params)
-                image = monitor.image(state.params, render=is_main)
+                extra = monitor.scalars(state.meta_params)
+                image = monitor.image(state.meta_params, render=is_main)
                 if image is not None:
                     writer.write_image(end, "eval/adaptation", image)
         pending = (end, metrics, extra)

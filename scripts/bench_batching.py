@@ -46,7 +46,12 @@ def main() -> None:
             parallel.make_train_step(parallel.make_meta_grad_fn(spec, mesh), tx)
         )
         state = state_lib.init_state(
-            problem.model, problem.family.example_input(), tx, 0, parallel.replicated(mesh)
+            problem.model,
+            problem.family.example_input(),
+            tx,
+            0,
+            problem.algorithm,
+            parallel.replicated(mesh),
         )
         runs[(batching, reduction)] = (run, timing.warm(run, state, args.chunk))
     med = timing.interleaved_ms_per_step(runs, args.chunk, args.reps)

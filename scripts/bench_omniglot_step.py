@@ -1,11 +1,12 @@
-"""Second-order MAML step on the Omniglot conv net: tasks/s for vmap and loop task batching.
+"""Meta-steps on the Omniglot conv net: tasks/s per algorithm, task batching and conv.
 
-5-way 1-shot, 15 query images per class, meta-batch 32, one inner step (alpha 0.4), one
-CPU device, random 28x28 images (speed does not depend on pixel values). Measures the
-meta-gradient plus Adam update, and the first compile.
+5-way 1-shot, 15 query images per class, meta-batch 32, one inner step (alpha 0.4) unless
+--inner_steps, the first device, random 28x28 images (speed does not depend on pixel
+values). Measures each algorithm's meta-gradient plus the Adam update, and the first
+compile. Configurations run one after another in one process, so compare rows of one run.
 
     python scripts/bench_omniglot_step.py [--reps=5] [--steps=5] [--batchings=vmap,loop,unroll]
-        [--conv_impls=xla,im2col]
+        [--conv_impls=xla,im2col] [--algorithms=maml,anil] [--inner_steps=1]
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def main() -> None:
     parser.add_argument("--meta_batch", type=int, default=32)
     parser.add_argument("--batchings", default="vmap,loop,unroll")
     parser.add_argument("--conv_impls", default="xla,im2col")
+    parser.add_argument("--algorithms", default="maml", help="comma-separated registry names")
+    parser.add_argument("--inner_steps", type=int, default=1)
     args = parser.parse_args()
     ways, shots, queries = 5, 1, 15
     rng = np.random.default_rng(0)
@@ -44,26 +47,31 @@ def main() -> None:
         query_x=images(queries),
         query_y=jnp.tile(jnp.repeat(jnp.arange(ways), queries), (n, 1)),
     )
-    inner = algorithms.InnerConfig(lr=0.4, steps=1)
+    inner = algorithms.InnerConfig(lr=0.4, steps=args.inner_steps)
     tx = optax.adam(1e-3)
-    print(f"5-way 1-shot, 15 query, meta-batch {n}, 1 inner step, second order, 1 CPU device,")
+    print(
+        f"5-way 1-shot, 15 query, meta-batch {n}, {args.inner_steps} inner step(s), "
+        f"{len(jax.devices())} {jax.default_backend()} device(s) (the first used),"
+    )
     print(f"{args.steps} meta-steps per jitted call (a lax.scan, as in the trainer)")
-    print("| conv_impl | task_batching | first compile s | tasks/s |")
-    print("|---|---|---:|---:|")
-    for conv_impl, batching in itertools.product(
-        args.conv_impls.split(","), args.batchings.split(",")
+    print("| algorithm | conv_impl | task_batching | first compile s | tasks/s |")
+    print("|---|---|---|---:|---:|")
+    for name, conv_impl, batching in itertools.product(
+        args.algorithms.split(","), args.conv_impls.split(","), args.batchings.split(",")
     ):
         model = models.ConvNet(num_classes=ways, conv_impl=conv_impl)
-        params = model.init(jax.random.key(0), tasks.support_x[0])["params"]
 
         def loss_fn(p, x, y, model=model):
             return optax.softmax_cross_entropy_with_integer_labels(
                 model.apply({"params": p}, x), y
             ).mean()
 
-        def grads_of(p, batching=batching, loss_fn=loss_fn):
+        algorithm = algorithms.make_algorithm(name, loss_fn, inner)
+        params = algorithm.init(model.init(jax.random.key(0), tasks.support_x[0])["params"])
+
+        def grads_of(p, tasks, batching=batching, algorithm=algorithm):
             def one(task):
-                return jax.grad(lambda q: algorithms.task_losses(loss_fn, q, task, inner)[0])(p)
+                return algorithm.task_grad(p, task, 0)[0]
 
             if batching == "unroll":
                 g = [one(jax.tree.map(lambda a, i=i: a[i], tasks)) for i in range(n)]
@@ -71,28 +79,29 @@ def main() -> None:
             g = jax.vmap(one)(tasks) if batching == "vmap" else jax.lax.map(one, tasks)
             return jax.tree.map(lambda x: x.mean(0), g)
 
+        # The tasks are an argument, not a closed-over constant that XLA would fold.
         @jax.jit
-        def steps(p, opt_state):
+        def steps(p, opt_state, tasks, grads_of=grads_of):
             def body(state, _):
                 p, s = state
-                updates, s = tx.update(grads_of(p), s, p)
+                updates, s = tx.update(grads_of(p, tasks), s, p)
                 return (optax.apply_updates(p, updates), s), None
 
             return jax.lax.scan(body, (p, opt_state), None, length=args.steps)[0]
 
         t0 = time.perf_counter()
-        compiled = steps.lower(params, tx.init(params)).compile()
+        compiled = steps.lower(params, tx.init(params), tasks).compile()
         compile_s = time.perf_counter() - t0
-        carry = compiled(params, tx.init(params))
+        carry = compiled(params, tx.init(params), tasks)
         jax.block_until_ready(carry)
         times = []
         for _ in range(args.reps):
             t0 = time.perf_counter()
-            carry = compiled(*carry)
+            carry = compiled(*carry, tasks)
             jax.block_until_ready(carry)
             times.append(time.perf_counter() - t0)
         rate = n * args.steps / sorted(times)[len(times) // 2]
-        print(f"| {conv_impl} | {batching} | {compile_s:.1f} | {rate:.1f} |", flush=True)
+        print(f"| {name} | {conv_impl} | {batching} | {compile_s:.1f} | {rate:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""Second-order meta-gradients against finite differences; FOMAML against its closed form."""
+"""Each algorithm's outer gradient against finite differences, closed forms or exact solves."""
+
+import dataclasses
 
 import chex
 import jax
@@ -8,7 +10,10 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from maml_dist import algorithms, models
+from maml_dist.algorithms import anil, imaml, maml
 from maml_dist.types import TaskBatch
+
+INNER = algorithms.InnerConfig(lr=0.1, steps=3)
 
 
 def _tiny_problem(dtype):
@@ -30,12 +35,19 @@ def _tiny_problem(dtype):
     return loss_fn, params, tasks, weights
 
 
-def _objective(loss_fn, tasks, weights, inner):
-    return lambda p: algorithms.meta_objective(loss_fn, p, tasks, weights, inner)[0]
+def _task(tasks, i):
+    return jax.tree.map(lambda a: a[i], tasks)
 
 
-def _central_differences(f, params, eps):
-    flat, unravel = ravel_pytree(params)
+def _meta_grad(algorithm, meta_params, tasks, weights):
+    """Weighted sum over tasks of `task_grad`, and of the query losses after adaptation."""
+    grads, (losses, _) = jax.vmap(lambda t: algorithm.task_grad(meta_params, t, 0))(tasks)
+    weigh = lambda g: jnp.tensordot(weights, g, axes=1)  # noqa: E731
+    return jax.tree.map(weigh, grads), weigh(losses)
+
+
+def _central_differences(f, tree, eps):
+    flat, unravel = ravel_pytree(tree)
     grad = np.zeros(flat.shape, np.float64)
     for i in range(flat.size):
         e = jnp.zeros_like(flat).at[i].set(eps)
@@ -43,29 +55,36 @@ def _central_differences(f, params, eps):
     return grad
 
 
+def _objective(loss_fn, tasks, weights, inner):
+    return lambda p: maml.meta_objective(loss_fn, p, tasks, weights, inner)
+
+
 @pytest.mark.parametrize("remat", [False, True])
-def test_second_order_matches_finite_differences(remat):
+def test_maml_second_order_matches_finite_differences(remat):
     with jax.enable_x64(True):
         loss_fn, params, tasks, weights = _tiny_problem(jnp.float64)
-        inner = algorithms.InnerConfig(lr=0.1, steps=3, remat=remat)
+        inner = dataclasses.replace(INNER, remat=remat)
         f = jax.jit(_objective(loss_fn, tasks, weights, inner))
-        grad = ravel_pytree(jax.grad(f)(params))[0]
         numeric = _central_differences(f, params, eps=1e-6)
-        # float64 central differences are accurate to ~1e-9 here; 1e-6 leaves margin.
-        np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-8)
+        # The algorithm's task_grad, summed over tasks, against FD of the directly written
+        # objective. float64 central differences are accurate to ~1e-9 here.
+        grad, _ = _meta_grad(
+            algorithms.make_algorithm("maml", loss_fn, inner), {"params": params}, tasks, weights
+        )
+        np.testing.assert_allclose(ravel_pytree(grad)[0], numeric, rtol=1e-6, atol=1e-8)
 
-        fo = algorithms.InnerConfig(lr=0.1, steps=3, first_order=True)
-        fo_grad = ravel_pytree(jax.grad(_objective(loss_fn, tasks, weights, fo))(params))[0]
+        fomaml = algorithms.make_algorithm("fomaml", loss_fn, inner)
+        fo_grad = ravel_pytree(_meta_grad(fomaml, {"params": params}, tasks, weights)[0])[0]
         # A silently first-order "second-order" path would fail here: the Hessian terms
         # change the gradient by far more than the FD error.
         assert np.linalg.norm(fo_grad - numeric) > 1e-3 * np.linalg.norm(numeric)
 
 
-def test_first_order_matches_closed_form():
+def test_fomaml_matches_closed_form():
     with jax.enable_x64(True):
         loss_fn, params, tasks, weights = _tiny_problem(jnp.float64)
-        inner = algorithms.InnerConfig(lr=0.1, steps=2, first_order=True)
-        grad = jax.grad(_objective(loss_fn, tasks, weights, inner))(params)
+        fomaml = algorithms.make_algorithm("fomaml", loss_fn, dataclasses.replace(INNER, steps=2))
+        grad, _ = _meta_grad(fomaml, {"params": params}, tasks, weights)
 
         # FOMAML: sum_i w_i * grad L_query_i evaluated at the adapted parameters.
         def closed_form_one(task, w):
@@ -75,39 +94,168 @@ def test_first_order_matches_closed_form():
                 p = jax.tree.map(lambda a, b: a - 0.1 * b, p, g)
             return jax.tree.map(lambda g: w * g, jax.grad(loss_fn)(p, task.query_x, task.query_y))
 
-        parts = [
-            closed_form_one(jax.tree.map(lambda a, i=i: a[i], tasks), weights[i]) for i in range(3)
-        ]
+        parts = [closed_form_one(_task(tasks, i), weights[i]) for i in range(3)]
         expected = jax.tree.map(lambda *gs: sum(gs), *parts)
-        chex.assert_trees_all_close(grad, expected, rtol=1e-10, atol=1e-12)
+        chex.assert_trees_all_close(grad["params"], expected, rtol=1e-10, atol=1e-12)
 
 
 def test_remat_gives_same_meta_gradient_in_float32():
     loss_fn, params, tasks, weights = _tiny_problem(jnp.float32)
-    plain = jax.grad(_objective(loss_fn, tasks, weights, algorithms.InnerConfig(0.1, 5)))(params)
-    remat = jax.grad(
-        _objective(loss_fn, tasks, weights, algorithms.InnerConfig(0.1, 5, remat=True))
-    )(params)
+    inner = dataclasses.replace(INNER, steps=5)
+    plain = jax.grad(_objective(loss_fn, tasks, weights, inner))(params)
+    remat = jax.grad(_objective(loss_fn, tasks, weights, dataclasses.replace(inner, remat=True)))(
+        params
+    )
     chex.assert_trees_all_close(plain, remat, rtol=1e-5, atol=1e-6)
 
 
-def test_adaptation_curve_agrees_with_adapt():
-    loss_fn, params, tasks, _ = _tiny_problem(jnp.float32)
-    task = jax.tree.map(lambda a: a[0], tasks)
-    curve = algorithms.adaptation_curve(loss_fn, params, task, 0.02, 4)
-    assert curve.shape == (5, 1)
-    curve = curve[:, 0]
-    for k in (0, 2, 4):
-        adapted = algorithms.adapt(
-            loss_fn, params, task.support_x, task.support_y, algorithms.InnerConfig(0.02, k)
+def test_metasgd_learning_rate_gradient_matches_finite_differences():
+    with jax.enable_x64(True):
+        loss_fn, params, tasks, weights = _tiny_problem(jnp.float64)
+        metasgd = algorithms.make_algorithm("metasgd", loss_fn, INNER)
+        meta = metasgd.init(params)
+        # Rates that differ per element, so a gradient that ignored their layout would fail.
+        meta["inner_lr"] = jax.tree.map(
+            lambda a: a * jnp.linspace(0.5, 1.5, a.size).reshape(a.shape), meta["inner_lr"]
         )
+        grad, _ = _meta_grad(metasgd, meta, tasks, weights)
+        f = jax.jit(lambda m: _meta_grad(metasgd, m, tasks, weights)[1])
+        numeric = _central_differences(f, meta, eps=1e-6)
+        np.testing.assert_allclose(ravel_pytree(grad)[0], numeric, rtol=1e-6, atol=1e-8)
+        assert np.linalg.norm(ravel_pytree(grad["inner_lr"])[0]) > 1e-3
+
+
+def test_metasgd_with_uniform_rates_adapts_like_maml():
+    loss_fn, params, tasks, _ = _tiny_problem(jnp.float32)
+    task = _task(tasks, 0)
+    metasgd = algorithms.make_algorithm("metasgd", loss_fn, INNER)
+    mamls = algorithms.make_algorithm("maml", loss_fn, INNER)
+    a = metasgd.adapt(metasgd.init(params), task.support_x, task.support_y, 3)
+    b = mamls.adapt(mamls.init(params), task.support_x, task.support_y, 3)
+    chex.assert_trees_all_close(a, b, rtol=1e-6)
+
+
+def test_anil_adapts_only_the_head_and_matches_the_reference_gradient():
+    with jax.enable_x64(True):
+        loss_fn, params, tasks, weights = _tiny_problem(jnp.float64)
+        algorithm = algorithms.make_algorithm("anil", loss_fn, INNER)
+        task = _task(tasks, 0)
+        adapted = algorithm.adapt({"params": params}, task.support_x, task.support_y, 3)
+        assert set(params) == {"Dense_0", models.HEAD}
+        chex.assert_trees_all_equal(adapted["Dense_0"], params["Dense_0"])  # no inner update
+        assert not np.allclose(adapted[models.HEAD]["kernel"], params[models.HEAD]["kernel"])
+
+        # Reference: the head adapted by hand, the body held; the outer gradient of that.
+        def reference(p):
+            total = 0.0
+            for i in range(3):
+                t = _task(tasks, i)
+                head = p[models.HEAD]
+                for _ in range(3):
+                    g = jax.grad(
+                        lambda h, t=t: loss_fn({**p, models.HEAD: h}, t.support_x, t.support_y)
+                    )(head)
+                    head = jax.tree.map(lambda a, b: a - 0.1 * b, head, g)
+                total += weights[i] * loss_fn({**p, models.HEAD: head}, t.query_x, t.query_y)
+            return total
+
+        grad, _ = _meta_grad(algorithm, {"params": params}, tasks, weights)
+        chex.assert_trees_all_close(
+            grad["params"], jax.grad(reference)(params), rtol=1e-10, atol=1e-12
+        )
+        # The body's gradient includes the path through the head's inner steps.
+        assert np.linalg.norm(grad["params"]["Dense_0"]["kernel"]) > 0
+
+
+def test_anil_names_a_missing_head():
+    with pytest.raises(algorithms.UserInputError, match="no 'head' entry"):
+        anil.split({"Dense_0": 1}, "head")
+
+
+@pytest.mark.parametrize("steps", [1, 4])
+def test_reptile_equals_its_closed_form(steps):
+    with jax.enable_x64(True):
+        loss_fn, params, tasks, _ = _tiny_problem(jnp.float64)
+        algorithm = algorithms.make_algorithm(
+            "reptile", loss_fn, dataclasses.replace(INNER, steps=steps)
+        )
+        task = _task(tasks, 1)
+        grad, _ = algorithm.task_grad({"params": params}, task, 0)
+        phi = params
+        for _ in range(steps):
+            g = jax.grad(loss_fn)(phi, task.support_x, task.support_y)
+            phi = jax.tree.map(lambda a, b: a - 0.1 * b, phi, g)
+        expected = jax.tree.map(lambda t, p: t - p, params, phi)
+        if steps == 1:  # theta - phi is then the scaled support gradient itself
+            expected = jax.tree.map(
+                lambda g: 0.1 * g, jax.grad(loss_fn)(params, task.support_x, task.support_y)
+            )
+        chex.assert_trees_all_close(grad["params"], expected, rtol=1e-10, atol=1e-12)
+
+
+def test_imaml_cg_meta_gradient_equals_exact_solve_with_dense_hessian():
+    with jax.enable_x64(True):
+        loss_fn, params, tasks, _ = _tiny_problem(jnp.float64)
+        n = ravel_pytree(params)[0].size
+        inner = dataclasses.replace(INNER, lr=0.02, steps=20, imaml_lambda=5.0, cg_steps=2 * n)
+        algorithm = algorithms.make_algorithm("imaml", loss_fn, inner)
+        task = _task(tasks, 2)
+        grad, _ = algorithm.task_grad({"params": params}, task, 0)
+
+        phi = algorithm.adapt({"params": params}, task.support_x, task.support_y, 20)
+        flat_phi, unravel = ravel_pytree(phi)
+        hessian = jax.hessian(lambda f: loss_fn(unravel(f), task.support_x, task.support_y))(
+            flat_phi
+        )
+        assert np.min(np.linalg.eigvalsh(np.eye(n) + hessian / 5.0)) > 0  # CG's premise
+        query_grad = ravel_pytree(jax.grad(loss_fn)(phi, task.query_x, task.query_y))[0]
+        exact = np.linalg.solve(np.eye(n) + hessian / 5.0, query_grad)
+        np.testing.assert_allclose(ravel_pytree(grad)[0], exact, rtol=1e-4, atol=1e-8)
+        # ...and it is not simply the query gradient (the first-order approximation).
+        assert np.linalg.norm(exact - query_grad) > 1e-3 * np.linalg.norm(exact)
+
+
+def test_imaml_inner_steps_follow_the_proximal_objective():
+    loss_fn, params, tasks, _ = _tiny_problem(jnp.float32)
+    task = _task(tasks, 0)
+    algorithm = algorithms.make_algorithm("imaml", loss_fn, INNER)
+    theta = params
+    phi = jax.tree.map(lambda p: p + 0.1, params)
+    stepped = algorithm.inner_step({"params": theta}, phi, task.support_x, task.support_y, 0)
+    g = jax.grad(loss_fn)(phi, task.support_x, task.support_y)
+    expected = jax.tree.map(lambda p, g, t: p - 0.1 * (g + 2.0 * (p - t)), phi, g, theta)
+    chex.assert_trees_all_close(stepped, expected, rtol=1e-6)
+
+
+def test_conjugate_gradient_solves_a_small_system():
+    a = jnp.array([[4.0, 1.0, 0.0], [1.0, 3.0, 1.0], [0.0, 1.0, 2.0]])
+    b = jnp.array([1.0, 2.0, 3.0])
+    x = imaml.conjugate_gradient(lambda v: a @ v, b, 3)
+    np.testing.assert_allclose(x, np.linalg.solve(a, b), rtol=1e-5)
+    # Extra iterations after convergence stay finite (no 0/0).
+    assert np.all(np.isfinite(imaml.conjugate_gradient(lambda v: a @ v, b, 10)))
+
+
+@pytest.mark.parametrize("name", list(algorithms.REGISTRY))
+def test_adaptation_curve_agrees_with_adapt(name):
+    loss_fn, params, tasks, _ = _tiny_problem(jnp.float32)
+    algorithm = algorithms.make_algorithm(name, loss_fn, dataclasses.replace(INNER, lr=0.02))
+    meta = algorithm.init(params)
+    task = _task(tasks, 0)
+    curve = algorithms.adaptation_curve(algorithm, meta, task, 4, (loss_fn,))
+    assert curve.shape == (5, 1)
+    for k in (0, 2, 4):
+        adapted = algorithm.adapt(meta, task.support_x, task.support_y, k)
         np.testing.assert_allclose(
-            curve[k], loss_fn(adapted, task.query_x, task.query_y), rtol=1e-5
+            curve[k, 0], loss_fn(adapted, task.query_x, task.query_y), rtol=1e-5
         )
     # Adapting on a task's own support set lowers its support loss.
-    adapted = algorithms.adapt(
-        loss_fn, params, task.support_x, task.support_y, algorithms.InnerConfig(0.02, 4)
-    )
+    adapted = algorithm.adapt(meta, task.support_x, task.support_y, 4)
     assert loss_fn(adapted, task.support_x, task.support_y) < loss_fn(
         params, task.support_x, task.support_y
     )
+
+
+def test_unknown_algorithm_is_named():
+    with pytest.raises(algorithms.UserInputError, match="unknown algorithm 'mamlx'"):
+        algorithms.make_algorithm("mamlx", lambda p, x, y: 0.0, INNER)

@@ -114,7 +114,7 @@ def test_host_fed_training_is_the_same_on_1_and_4_devices_and_resumes(data, tmp_
     config = _config(data, tmp_path, **deterministic)
     one = trainer.train_and_evaluate(config, str(tmp_path / "one"), jax.devices()[:1])
     four = trainer.train_and_evaluate(config, str(tmp_path / "four"), jax.devices()[:4])
-    chex.assert_trees_all_equal(jax.device_get(one.params), jax.device_get(four.params))
+    chex.assert_trees_all_equal(jax.device_get(one.meta_params), jax.device_get(four.meta_params))
     logged = [metrics.read_jsonl(tmp_path / w / "metrics.jsonl") for w in ("one", "four")]
     for a, b in zip(*logged, strict=True):
         assert a["meta_loss"] == b["meta_loss"] and a["accuracy_after"] == b["accuracy_after"]
@@ -124,7 +124,7 @@ def test_host_fed_training_is_the_same_on_1_and_4_devices_and_resumes(data, tmp_
         _config(data, tmp_path, num_steps=3, **deterministic), str(resumed), [jax.devices()[0]]
     )
     final = trainer.train_and_evaluate(config, str(resumed), jax.devices()[:4])
-    chex.assert_trees_all_equal(jax.device_get(final.params), jax.device_get(four.params))
+    chex.assert_trees_all_equal(jax.device_get(final.meta_params), jax.device_get(four.meta_params))
 
 
 def test_host_feed_places_each_devices_slice_of_the_global_batch(data, tmp_path):
@@ -215,7 +215,9 @@ def test_one_shot_runs_evaluation_reports_per_run_and_overall_error(data, tmp_pa
     problem = make_problem(config)
     errors = []
     for run in omniglot_runs.load_runs(str(runs_dir), image_size=8):
-        logits = problem.model.apply({"params": state.params}, run.query_x[..., None])
+        logits = problem.model.apply(
+            {"params": state.meta_params["params"]}, run.query_x[..., None]
+        )
         errors.append(float(np.mean(np.argmax(logits, -1) != run.query_y)))
     got = [r["error_rate"] for r in report["per_run"]]
     np.testing.assert_allclose(got, errors, atol=1e-6)

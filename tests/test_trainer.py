@@ -111,7 +111,9 @@ def test_eight_devices_match_one_device_with_padding(tmp_path):
     # Reduction order differs (per device, then across devices); Adam amplifies ulps a little
     # over 60 steps, still orders of magnitude below a wrong objective.
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
-    for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(eight.params), strict=True):
+    for a, b in zip(
+        jax.tree.leaves(one.meta_params), jax.tree.leaves(eight.meta_params), strict=True
+    ):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-5)
 
 

@@ -29,4 +29,4 @@ def make_task_family(config: ml_collections.ConfigDict) -> TaskFamily:
         raise ValueError(
             f"unknown task {config.task!r}; choose one of {sorted(REGISTRY)}"
         ) from None
-    return cls(config)
+    return cls.from_config(config)

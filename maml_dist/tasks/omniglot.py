@@ -62,6 +62,11 @@ class OmniglotFamily:
         # Only looks the sets up (no reading), so a wrong folder fails before any compile.
         self.sources = omniglot.find_sources(self.data_dir, tuple(self.options.sets))
 
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> OmniglotFamily:
+        """The family a config describes (see `__init__`)."""
+        return cls(config)
+
     @functools.cached_property
     def data(self) -> tuple[omniglot.Omniglot, splits.ClassSplit]:
         """The images (read once, through the cache) and the class split."""

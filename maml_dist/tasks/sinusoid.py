@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -21,13 +23,39 @@ class Sinusoid:
     kind = "regression"
     host_sampled = False
 
-    def __init__(self, config: ml_collections.ConfigDict):
-        """Reads `config.sinusoid` (ranges) and `config.model` (hidden sizes)."""
-        self.amp_range = tuple(config.sinusoid.amp_range)
-        self.phase_range = tuple(config.sinusoid.phase_range)
-        self.x_range = tuple(config.sinusoid.x_range)
-        self.hidden_sizes = tuple(config.model.hidden_sizes)
-        self.init_stddev = config.model.init_stddev
+    def __init__(
+        self,
+        amp_range: tuple[float, float] = (0.1, 5.0),
+        phase_range: tuple[float, float] = (0.0, math.pi),
+        x_range: tuple[float, float] = (-5.0, 5.0),
+        hidden_sizes: tuple[int, ...] = (40, 40),
+        init_stddev: float = 0.0,
+    ):
+        """The paper's task distribution and regressor by default.
+
+        Args:
+            amp_range: amplitude range.
+            phase_range: phase range.
+            x_range: input range.
+            hidden_sizes: the MLP's hidden widths.
+            init_stddev: the MLP's `init_stddev` (0: flax's LeCun init).
+        """
+        self.amp_range = tuple(amp_range)
+        self.phase_range = tuple(phase_range)
+        self.x_range = tuple(x_range)
+        self.hidden_sizes = tuple(hidden_sizes)
+        self.init_stddev = init_stddev
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> Sinusoid:
+        """Reads `config.sinusoid` (ranges) and `config.model` (hidden sizes, init)."""
+        return cls(
+            amp_range=config.sinusoid.amp_range,
+            phase_range=config.sinusoid.phase_range,
+            x_range=config.sinusoid.x_range,
+            hidden_sizes=config.model.hidden_sizes,
+            init_stddev=config.model.init_stddev,
+        )
 
     def sample_function(self, key: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Samples the amplitude and phase of one task."""

@@ -1,0 +1,84 @@
+"""ANIL (Raghu et al. 2020): almost no inner loop; only the network's head adapts.
+
+The inner steps update `params[inner.head]` alone; the body (every other top-level entry
+of `params`) stays at its meta-learned value during adaptation and is meta-learned by the
+gradient of the query loss, including the path through the head's inner steps (which
+depend on the body's features of the support set).
+"""
+
+from __future__ import annotations
+
+import jax
+
+from maml_dist.algorithms.base import (
+    Algorithm,
+    InnerConfig,
+    loss_query_fn,
+    make_adapt,
+    run_steps,
+    sgd_step,
+)
+from maml_dist.errors import UserInputError
+from maml_dist.types import LossFn, Params, QueryFn, TaskBatch
+
+
+def split(params: Params, head: str) -> tuple[Params, Params]:
+    """(body, head) of `params`, whose top-level key `head` names the head.
+
+    Raises:
+        UserInputError: if the network has no such entry.
+    """
+    if head not in params:
+        raise UserInputError(
+            f"ANIL adapts the network's head, but its parameters have no {head!r} entry "
+            f"(top-level entries: {sorted(params)}); name the last layer {head!r}"
+        )
+    return {k: v for k, v in params.items() if k != head}, params[head]
+
+
+def make(loss_fn: LossFn, inner: InnerConfig, query_fn: QueryFn | None = None) -> Algorithm:
+    """ANIL: `inner.steps` SGD steps on the head only; second order unless `first_order`.
+
+    Args:
+        loss_fn: `loss_fn(params, x, y)`, adapted on the support set.
+        inner: `lr`, `steps`, `first_order`, `remat`, and `head`, the head's key.
+        query_fn: `(params, x, y) -> (loss, metrics)` on the query set; default the loss.
+    """
+    query_fn = query_fn or loss_query_fn(loss_fn)
+
+    def head_steps(params, x, y, num_steps, first_order=False, remat=False):
+        body, head = split(params, inner.head)
+
+        def head_loss(h, x, y):
+            return loss_fn({**body, inner.head: h}, x, y)
+
+        head = run_steps(
+            lambda h, _: sgd_step(head_loss, h, x, y, inner.lr, first_order),
+            head,
+            num_steps,
+            remat,
+        )
+        return {**body, inner.head: head}
+
+    def task_grad(meta_params, task: TaskBatch, step):
+        del step
+
+        def objective(params):
+            adapted = head_steps(
+                params,
+                task.support_x,
+                task.support_y,
+                inner.steps,
+                inner.first_order,
+                inner.remat,
+            )
+            return query_fn(adapted, task.query_x, task.query_y)
+
+        (loss, metrics), grads = jax.value_and_grad(objective, has_aux=True)(meta_params["params"])
+        return {"params": grads}, (loss, metrics)
+
+    def inner_step(meta_params, params, x, y, j):
+        del meta_params, j
+        return head_steps(params, x, y, 1)
+
+    return Algorithm("anil", lambda p: {"params": p}, task_grad, inner_step, make_adapt(inner_step))

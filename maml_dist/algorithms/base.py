@@ -1,0 +1,159 @@
+"""The algorithm interface every member of the MAML family implements, and shared pieces.
+
+An algorithm is a `NamedTuple` of pure functions over pytrees, as an optax optimiser is a
+pair `(init, update)`: whatever shards, reduces, checkpoints or logs it does not need to
+know which algorithm it holds.
+
+- `init(params) -> meta_params`: a dict `{"params": params, ...}` with whatever else the
+  algorithm meta-learns (Meta-SGD's per-element learning rates; MAML++'s per-step rates).
+- `task_grad(meta_params, task, step) -> (grads, (loss, metrics))`: one task's outer
+  "gradient" (a pytree shaped like `meta_params`, fed to the optax meta-optimiser) and the
+  task's query loss and metrics after adaptation. `step` is the meta-step, for schedules
+  that anneal with training (MAML++'s multi-step loss weights, derivative-order annealing).
+- `inner_step(meta_params, params, x, y, j) -> params`: inner step `j` at meta-test time
+  (per-step learned rates or batch-norm state index on `j`).
+- `adapt(meta_params, x, y, num_steps) -> params`: `num_steps` inner steps from the
+  meta-learned initialisation: what the trainer's validation, the evaluator and a notebook
+  use at meta-test time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from maml_dist.types import LossFn, MetaParams, Params, QueryFn, TaskBatch
+
+TaskGrad = tuple[MetaParams, tuple[jax.Array, dict[str, jax.Array]]]
+
+
+class Algorithm(NamedTuple):
+    """A meta-learning algorithm as pure functions (see the module docstring).
+
+    Attributes:
+        name: the registry name.
+        init: `params -> meta_params`.
+        task_grad: `(meta_params, task, step) -> (grads, (query_loss, query_metrics))`.
+        inner_step: `(meta_params, params, x, y, j) -> params`, one meta-test inner step.
+        adapt: `(meta_params, x, y, num_steps) -> params`.
+    """
+
+    name: str
+    init: Callable[[Params], MetaParams]
+    task_grad: Callable[[MetaParams, TaskBatch, Any], TaskGrad]
+    inner_step: Callable[[MetaParams, Params, jax.Array, jax.Array, Any], Params]
+    adapt: Callable[[MetaParams, jax.Array, jax.Array, int], Params]
+
+
+@dataclasses.dataclass(frozen=True)
+class InnerConfig:
+    """Static (hashable, never traced) settings of an algorithm.
+
+    Attributes:
+        lr: inner SGD step size (alpha); Meta-SGD's initial per-element rate.
+        steps: inner steps in meta-training.
+        first_order: drop second-order terms (FOMAML; first-order Meta-SGD and ANIL).
+        remat: recompute each inner step in the backward pass (`jax.checkpoint`), so
+            memory no longer grows with the activations of every step.
+        imaml_lambda: iMAML's proximal strength lambda in lambda/2 |phi - theta|^2.
+        cg_steps: iMAML's conjugate-gradient iterations.
+        head: ANIL's adapted subtree: the top-level key of the network's head in `params`.
+    """
+
+    lr: float = 0.01
+    steps: int = 1
+    first_order: bool = False
+    remat: bool = False
+    imaml_lambda: float = 2.0
+    cg_steps: int = 5
+    head: str = "head"
+
+
+def loss_query_fn(loss_fn: LossFn) -> QueryFn:
+    """The query function of a problem whose only metric is its loss."""
+    return lambda params, x, y: (loss_fn(params, x, y), {})
+
+
+def sgd_step(loss_fn: LossFn, params: Params, x, y, lr, first_order: bool = False) -> Params:
+    """One inner step `params - lr * grad L(params)`; `lr` a scalar or a tree like `params`."""
+    grads = jax.grad(loss_fn)(params, x, y)
+    if first_order:
+        grads = jax.lax.stop_gradient(grads)
+    if jax.tree.structure(lr) == jax.tree.structure(params):  # one rate per element
+        return jax.tree.map(lambda p, a, g: p - a * g, params, lr, grads)
+    return jax.tree.map(lambda p, g: p - lr * g, params, grads)
+
+
+def run_steps(step_fn: Callable, params: Params, num_steps: int, remat: bool = False) -> Params:
+    """`num_steps` applications of `step_fn(params, j)` as one `lax.scan` over j."""
+
+    def body(p, j):
+        return step_fn(p, j), None
+
+    if remat:
+        body = jax.checkpoint(body)
+    out, _ = jax.lax.scan(body, params, jnp.arange(num_steps))
+    return out
+
+
+def make_adapt(inner_step: Callable) -> Callable:
+    """The `adapt` of an algorithm whose meta-test inner steps are `inner_step`."""
+
+    def adapt(meta_params: MetaParams, x, y, num_steps: int) -> Params:
+        return run_steps(
+            lambda p, j: inner_step(meta_params, p, x, y, j), meta_params["params"], num_steps
+        )
+
+    return adapt
+
+
+def adaptation_curve(
+    algorithm: Algorithm,
+    meta_params: MetaParams,
+    task: TaskBatch,
+    steps: int,
+    metrics: tuple[LossFn, ...],
+) -> jax.Array:
+    """Query metrics of one task after 0, 1, ..., `steps` meta-test inner steps.
+
+    Returns:
+        Array of shape (steps + 1, len(metrics)).
+    """
+
+    def scores(p):
+        return jnp.stack([m(p, task.query_x, task.query_y) for m in metrics])
+
+    def body(p, j):
+        query = scores(p)
+        p = algorithm.inner_step(meta_params, p, task.support_x, task.support_y, j)
+        return p, query
+
+    final, history = jax.lax.scan(body, meta_params["params"], jnp.arange(steps))
+    return jnp.concatenate([history, scores(final)[None]])
+
+
+def make_loss_fn(model, task_loss: Callable[[jax.Array, jax.Array], jax.Array]) -> LossFn:
+    """Builds `loss_fn(params, x, y)` from a flax module and a task's loss on predictions."""
+
+    def loss_fn(params, x, y):
+        return task_loss(model.apply({"params": params}, x), y)
+
+    return loss_fn
+
+
+def make_query_fn(
+    model,
+    task_loss: Callable[[jax.Array, jax.Array], jax.Array],
+    scores: dict[str, Callable[[jax.Array, jax.Array], jax.Array]],
+) -> QueryFn:
+    """Builds `(params, x, y) -> (loss, {name: score})`, all from one forward pass."""
+
+    def query_fn(params, x, y):
+        predictions = model.apply({"params": params}, x)
+        return task_loss(predictions, y), {n: f(predictions, y) for n, f in scores.items()}
+
+    return query_fn

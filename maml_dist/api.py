@@ -1,0 +1,174 @@
+"""The notebook API: a config dataclass and pure functions, no workdir or command line.
+
+    learner = make_learner(MetaConfig(algorithm="maml"), Sinusoid())
+    state = learner.init()
+    step = jax.jit(learner.meta_step)
+    for _ in range(1000):
+        state, metrics = step(state)
+
+`learner.meta_step` is the trainer's own sharded meta-step (over every local device by
+default), so what a notebook measures is what `maml_dist.train` runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import numpy as np
+import optax
+
+from maml_dist import algorithms, meta_test, parallel
+from maml_dist import state as state_lib
+from maml_dist.tasks.base import TaskFamily
+from maml_dist.types import TEST_STREAM, LossFn, QueryFn, TaskBatch
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaConfig:
+    """What a meta-learning run needs besides its task family and network.
+
+    Attributes:
+        algorithm: a name of `maml_dist.algorithms.REGISTRY`.
+        inner: the algorithm's settings (inner learning rate, steps, ...).
+        meta_batch_size: tasks per meta-step.
+        shots: support points (regression) or images per class (classification).
+        num_query: query points, or query images per class.
+        meta_lr: Adam's learning rate on the meta-parameters.
+        seed: initialisation and task-stream seed.
+    """
+
+    algorithm: str = "maml"
+    inner: algorithms.InnerConfig = dataclasses.field(default_factory=algorithms.InnerConfig)
+    meta_batch_size: int = 25
+    shots: int = 10
+    num_query: int = 10
+    meta_lr: float = 1e-3
+    seed: int = 0
+
+
+class Learner(NamedTuple):
+    """Everything built from a MetaConfig: pure functions and the pieces they close over.
+
+    Attributes:
+        config: the MetaConfig.
+        family: the task family.
+        model: the network.
+        loss_fn: `(params, x, y) -> loss`.
+        query_fn: `(params, x, y) -> (loss, metrics)`.
+        algorithm: the algorithm (`adapt`, `task_grad`, ...).
+        tx: the optax meta-optimiser.
+        init: `() -> TrainState`, the initial meta-parameters and optimiser state.
+        meta_step: `(state[, tasks]) -> (state, metrics)`; `tasks` for host-sampled families.
+        run: jitted `(state, n) -> (state, metrics of each step)`: n meta-steps in one
+            `lax.scan` (device-sampled families; the state is donated).
+    """
+
+    config: MetaConfig
+    family: TaskFamily
+    model: nn.Module
+    loss_fn: LossFn
+    query_fn: QueryFn
+    algorithm: algorithms.Algorithm
+    tx: optax.GradientTransformation
+    init: Callable[[], state_lib.TrainState]
+    meta_step: Callable[..., tuple[state_lib.TrainState, dict]]
+    run: Callable[[state_lib.TrainState, int], tuple[state_lib.TrainState, dict]]
+
+
+def make_learner(
+    config: MetaConfig,
+    family: TaskFamily,
+    model: nn.Module | None = None,
+    tx: optax.GradientTransformation | None = None,
+    devices: list | None = None,
+) -> Learner:
+    """Builds the algorithm, optimiser and sharded meta-step of `config` for `family`.
+
+    Args:
+        config: the run's settings.
+        family: the task distribution (e.g. `Sinusoid()`).
+        model: the network; default `family.make_model()`.
+        tx: the meta-optimiser; default `optax.adam(config.meta_lr)`.
+        devices: devices the meta-batch is split over; default every device.
+
+    Returns:
+        A Learner.
+    """
+    model = model or family.make_model()
+    tx = tx or optax.adam(config.meta_lr)
+    loss_fn = algorithms.make_loss_fn(model, family.loss)
+    regression = family.kind == "regression"
+    query_fn = algorithms.make_query_fn(
+        model, family.loss, {} if regression else {family.metric: family.score}
+    )
+    algorithm = algorithms.make_algorithm(config.algorithm, loss_fn, config.inner, query_fn)
+    mesh = parallel.make_mesh(devices)
+    replicated = parallel.replicated(mesh)
+
+    def sample_fn(key):
+        return family.sample(key, config.shots, config.num_query)
+
+    spec = parallel.MetaBatch(
+        algorithm=algorithm,
+        query_fn=query_fn,
+        sample_fn=None if family.host_sampled else sample_fn,
+        meta_batch_size=config.meta_batch_size,
+        seed=config.seed,
+        batching=parallel.resolve_batching("auto" if not regression else "vmap"),
+    )
+    meta_step = parallel.make_train_step(parallel.make_meta_grad_fn(spec, mesh), tx)
+
+    def init() -> state_lib.TrainState:
+        return state_lib.init_state(
+            model, family.example_input(), tx, config.seed, algorithm, replicated
+        )
+
+    run = None if family.host_sampled else parallel.make_multi_step(meta_step)
+    return Learner(config, family, model, loss_fn, query_fn, algorithm, tx, init, meta_step, run)
+
+
+def sample_tasks(
+    learner: Learner,
+    num_tasks: int,
+    shots: int | None = None,
+    num_query: int | None = None,
+    stream: int = TEST_STREAM,
+    seed: int | None = None,
+) -> TaskBatch:
+    """A fixed set of tasks of the learner's family (device-sampled families only)."""
+    c = learner.config
+    return meta_test.sample_tasks(
+        learner.family,
+        c.seed if seed is None else seed,
+        stream,
+        num_tasks,
+        c.shots if shots is None else shots,
+        c.num_query if num_query is None else num_query,
+    )
+
+
+def evaluate(
+    learner: Learner, meta_params: Any, tasks: TaskBatch, num_steps: int = 10
+) -> dict[str, np.ndarray]:
+    """Mean and 95% CI of the query metric after 0..num_steps inner steps on `tasks`.
+
+    Returns:
+        `{"mean": (num_steps + 1,), "ci95": (num_steps + 1,), "per_task": (tasks, steps + 1)}`.
+    """
+    score = algorithms.make_loss_fn(learner.model, learner.family.score)
+    curves = meta_test.adaptation_curves(
+        learner.algorithm, meta_params, tasks, num_steps, (score,)
+    )[..., 0]
+    mean, ci = meta_test.mean_and_ci95(curves)
+    return {"mean": mean, "ci95": ci, "per_task": curves}
+
+
+def adapt(learner: Learner, meta_params: Any, task: TaskBatch, num_steps: int):
+    """The network's parameters after `num_steps` inner steps on one task's support set."""
+    return jax.jit(learner.algorithm.adapt, static_argnums=3)(
+        meta_params, task.support_x, task.support_y, num_steps
+    )
