@@ -33,8 +33,9 @@ def main() -> None:
     parser.add_argument("--conv_impls", default="xla,im2col")
     parser.add_argument("--algorithms", default="maml", help="comma-separated registry names")
     parser.add_argument("--inner_steps", type=int, default=1)
+    parser.add_argument("--queries", type=int, default=15, help="query images per class")
     args = parser.parse_args()
-    ways, shots, queries = 5, 1, 15
+    ways, shots, queries = 5, 1, args.queries
     rng = np.random.default_rng(0)
     n = args.meta_batch
 
@@ -50,7 +51,7 @@ def main() -> None:
     inner = algorithms.InnerConfig(lr=0.4, steps=args.inner_steps)
     tx = optax.adam(1e-3)
     print(
-        f"5-way 1-shot, 15 query, meta-batch {n}, {args.inner_steps} inner step(s), "
+        f"5-way 1-shot, {queries} query/class, meta-batch {n}, {args.inner_steps} inner step(s), "
         f"{len(jax.devices())} {jax.default_backend()} device(s) (the first used),"
     )
     print(f"{args.steps} meta-steps per jitted call (a lax.scan, as in the trainer)")

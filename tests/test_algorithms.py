@@ -234,6 +234,11 @@ def test_conjugate_gradient_solves_a_small_system():
     np.testing.assert_allclose(x, np.linalg.solve(a, b), rtol=1e-5)
     # Extra iterations after convergence stay finite (no 0/0).
     assert np.all(np.isfinite(imaml.conjugate_gradient(lambda v: a @ v, b, 10)))
+    # An indefinite system: CG stops at the first direction of negative curvature instead
+    # of stepping without bound; here the first direction b has b.Ab < 0.
+    indefinite = jnp.diag(jnp.array([-1.0, 1.0, 1.0]))
+    x = imaml.conjugate_gradient(lambda v: indefinite @ v, jnp.array([2.0, 1.0, 0.0]), 5)
+    np.testing.assert_array_equal(x, np.zeros(3))
 
 
 @pytest.mark.parametrize("name", list(algorithms.REGISTRY))

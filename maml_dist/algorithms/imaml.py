@@ -25,25 +25,30 @@ def conjugate_gradient(matvec, b: jax.Array, iterations: int) -> jax.Array:
     """Approximately solves `matvec(x) = b` (symmetric positive definite) from x = 0.
 
     A fixed number of iterations keeps the cost static (no data-dependent loop under
-    `vmap`). A zero denominator (the residual already exactly zero) stops the updates
-    rather than dividing by zero.
+    `vmap`). The iterate freezes where CG's premise fails: a direction of zero or negative
+    curvature (p.Ap <= 0, which a non-convex task's I + H/lambda can have) or a residual
+    already exactly zero. Then the last iterate is returned, as truncated CG does, rather
+    than a step of unbounded size or a 0/0.
     """
 
-    def safe_div(a, b):
-        return jnp.where(b != 0, a / jnp.where(b != 0, b, 1), 0)
-
     def body(_, carry):
-        x, r, p, rs = carry
+        x, r, p, rs, done = carry
         ap = matvec(p)
-        alpha = safe_div(rs, jnp.vdot(p, ap))
+        curvature = jnp.vdot(p, ap)
+        done = done | ~(curvature > 0) | ~(rs > 0)
+        alpha = jnp.where(done, 0.0, rs / jnp.where(done, 1.0, curvature))
         x = x + alpha * p
         r = r - alpha * ap
         rs_new = jnp.vdot(r, r)
-        p = r + safe_div(rs_new, rs) * p
-        return x, r, p, rs_new
+        beta = jnp.where(done, 0.0, rs_new / jnp.where(done, 1.0, rs))
+        p = jnp.where(done, p, r + beta * p)
+        return x, r, p, jnp.where(done, rs, rs_new), done
 
-    x0 = jnp.zeros_like(b)
-    x, *_ = jax.lax.fori_loop(0, iterations, body, (x0, b, b, jnp.vdot(b, b)))
+    rs = jnp.vdot(b, b)
+    # zeros_like(rs), not zeros(()): inside shard_map the flag must vary across devices as
+    # the rest of the carry does.
+    start = (jnp.zeros_like(b), b, b, rs, jnp.zeros_like(rs, dtype=bool))
+    x, *_ = jax.lax.fori_loop(0, iterations, body, start)
     return x
 
 
