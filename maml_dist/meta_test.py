@@ -67,8 +67,13 @@ def _curves(algorithm, meta_params, tasks: TaskBatch, steps: int, metrics) -> ja
 
 
 def median(values: np.ndarray) -> np.ndarray:
-    """Median over axis 0: robust to the rare task an inner loop diverges on."""
-    return np.median(np.asarray(values, np.float64), axis=0)
+    """Median over axis 0: robust to the rare task an inner loop diverges on.
+
+    A non-finite value (a diverged task, NaN included) counts as +inf, so the median stays
+    finite while fewer than half of the tasks diverged.
+    """
+    values = np.asarray(values, np.float64)
+    return np.median(np.where(np.isnan(values), np.inf, values), axis=0)
 
 
 def mean_and_ci95(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

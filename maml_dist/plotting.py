@@ -37,14 +37,17 @@ def adaptation_image(x, y_true, support_x, support_y, before, after, steps: int)
 def save_curves(path: str, results: list[dict], metric: str) -> None:
     """Saves metric (mean with 95% CI band) against inner steps, one line per shot count."""
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
+    any_positive = False
     for r in results:
         # null (non-finite) entries become nan: matplotlib leaves a gap there.
         steps, mean, ci = (np.asarray(r[k], dtype=float) for k in ("inner_steps", "mean", "ci95"))
         ax.plot(steps, mean, marker="o", ms=3, label=f"K={r['shots']}")
         ax.fill_between(steps, mean - ci, mean + ci, alpha=0.2)
+        any_positive |= bool(np.any(np.isfinite(mean) & (mean > 0)))
     ax.set_xlabel("inner gradient steps")
     ax.set_ylabel(f"query {metric}")
-    if metric == "mse":
+    # A run whose every task diverged has nothing to draw on a log axis (matplotlib raises).
+    if metric == "mse" and any_positive:
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend()

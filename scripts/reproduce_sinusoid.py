@@ -28,7 +28,11 @@ def main() -> None:
     parser.add_argument("--name", default="paper")
     parser.add_argument("--algorithms", default="maml")
     parser.add_argument("--json", help="write the rows here too")
+    parser.add_argument("--table", help="only print the table of a JSON file written before")
     args, extra = parser.parse_known_args()
+    if args.table:
+        print_table(json.loads(pathlib.Path(args.table).read_text()))
+        return
 
     rows = []
     for algorithm, seed in (
@@ -77,9 +81,13 @@ def main() -> None:
             }
         )
         print(f"{algorithm} seed {seed}: {wall:.1f} s", file=sys.stderr, flush=True)
-    if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+        if args.json:  # after every run, so a failure later loses nothing
+            pathlib.Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    print_table(rows)
 
+
+def print_table(rows: list[dict]) -> None:
+    """The README table: query MSE after 1 and 10 steps for K = 5, 10, 20."""
     print(
         "| algorithm | seed | train wall time | K=5, 1 step | K=5, 10 steps | K=10, 1 step "
         "| K=10, 10 steps | K=20, 1 step | K=20, 10 steps |"
@@ -100,7 +108,8 @@ def _cell(result: dict, step: int) -> str:
     mean, ci, median = result["mean"][step], result["ci95"][step], result["median"][step]
     bad = result["nonfinite"][step]
     if mean is None or bad:
-        return f"median {median:.3f} ({bad} of tasks not finite)"
+        med = "not finite" if median is None else f"{median:.3f}"
+        return f"median {med} ({bad} tasks not finite)"
     return f"{mean:.3f} ± {ci:.3f}"
 
 

@@ -264,3 +264,11 @@ def test_adaptation_curve_agrees_with_adapt(name):
 def test_unknown_algorithm_is_named():
     with pytest.raises(algorithms.UserInputError, match="unknown algorithm 'mamlx'"):
         algorithms.make_algorithm("mamlx", lambda p, x, y: 0.0, INNER)
+
+
+def test_median_counts_diverged_tasks_as_infinite():
+    from maml_dist import meta_test
+
+    values = np.array([[1.0, np.nan], [2.0, 3.0], [3.0, np.inf], [np.nan, 4.0], [5.0, 5.0]])
+    np.testing.assert_array_equal(meta_test.median(values), [3.0, 5.0])
+    assert np.isinf(meta_test.median(np.array([[np.nan], [np.nan], [1.0]])))[0]
