@@ -51,6 +51,12 @@ def trained(tmp_path_factory):
         (["--config.meta_lr=0"], "config.meta_lr must be a positive finite number"),
         (["--config.num_steps=0"], "config.num_steps must be a positive integer, got 0"),
         (["--config.inner_steps=-1"], "config.inner_steps must be a non-negative integer"),
+        (
+            ["--config.algorithm=mamll"],
+            "config.algorithm must be one of 'maml', 'fomaml', 'metasgd', 'anil', 'reptile', "
+            "'imaml', got 'mamll'",
+        ),
+        (["--config.imaml_lambda=0"], "config.imaml_lambda must be a positive finite number"),
         (["--config.inner_lr=0.5"], "this workdir holds a run with a different config (inner_lr"),
     ],
 )
