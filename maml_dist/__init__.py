@@ -23,7 +23,7 @@ from maml_dist.tasks.omniglot import OmniglotFamily
 from maml_dist.tasks.sinusoid import Sinusoid
 from maml_dist.types import TaskBatch
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ALGORITHMS",

@@ -6,8 +6,8 @@
     for _ in range(1000):
         state, metrics = step(state)
 
-`learner.meta_step` is the trainer's own sharded meta-step (over every local device by
-default), so what a notebook measures is what `maml_dist.train` runs.
+`learner.meta_step` is the trainer's own sharded meta-step (over every device of every
+process by default), so what a notebook measures is what `maml_dist.train` runs.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import optax
 
 from maml_dist import algorithms, meta_test, parallel
 from maml_dist import state as state_lib
+from maml_dist.problem import family_functions
 from maml_dist.tasks.base import TaskFamily
 from maml_dist.types import TEST_STREAM, LossFn, QueryFn, TaskBatch
 
@@ -58,25 +59,30 @@ class Learner(NamedTuple):
         family: the task family.
         model: the network.
         loss_fn: `(params, x, y) -> loss`.
+        score_fn: `(params, x, y) -> metric` (the family's reported metric).
         query_fn: `(params, x, y) -> (loss, metrics)`.
         algorithm: the algorithm (`adapt`, `task_grad`, ...).
         tx: the optax meta-optimiser.
         init: `() -> TrainState`, the initial meta-parameters and optimiser state.
         meta_step: `(state[, tasks]) -> (state, metrics)`; `tasks` for host-sampled families.
         run: jitted `(state, n) -> (state, metrics of each step)`: n meta-steps in one
-            `lax.scan` (device-sampled families; the state is donated).
+            `lax.scan` (the state is donated); None for host-sampled families, which pass
+            their tasks to `meta_step`.
+        adapt: jitted `algorithm.adapt`: `(meta_params, x, y, num_steps) -> params`.
     """
 
     config: MetaConfig
     family: TaskFamily
     model: nn.Module
     loss_fn: LossFn
+    score_fn: LossFn
     query_fn: QueryFn
     algorithm: algorithms.Algorithm
     tx: optax.GradientTransformation
     init: Callable[[], state_lib.TrainState]
     meta_step: Callable[..., tuple[state_lib.TrainState, dict]]
-    run: Callable[[state_lib.TrainState, int], tuple[state_lib.TrainState, dict]]
+    run: Callable[[state_lib.TrainState, int], tuple[state_lib.TrainState, dict]] | None
+    adapt: Callable[..., Any]
 
 
 def make_learner(
@@ -100,11 +106,7 @@ def make_learner(
     """
     model = model or family.make_model()
     tx = tx or optax.adam(config.meta_lr)
-    loss_fn = algorithms.make_loss_fn(model, family.loss)
-    regression = family.kind == "regression"
-    query_fn = algorithms.make_query_fn(
-        model, family.loss, {} if regression else {family.metric: family.score}
-    )
+    loss_fn, score_fn, query_fn = family_functions(family, model)
     algorithm = algorithms.make_algorithm(config.algorithm, loss_fn, config.inner, query_fn)
     mesh = parallel.make_mesh(devices)
     replicated = parallel.replicated(mesh)
@@ -118,7 +120,7 @@ def make_learner(
         sample_fn=None if family.host_sampled else sample_fn,
         meta_batch_size=config.meta_batch_size,
         seed=config.seed,
-        batching=parallel.resolve_batching("auto" if not regression else "vmap"),
+        batching=parallel.resolve_batching("vmap" if family.kind == "regression" else "auto"),
     )
     meta_step = parallel.make_train_step(parallel.make_meta_grad_fn(spec, mesh), tx)
 
@@ -128,7 +130,21 @@ def make_learner(
         )
 
     run = None if family.host_sampled else parallel.make_multi_step(meta_step)
-    return Learner(config, family, model, loss_fn, query_fn, algorithm, tx, init, meta_step, run)
+    return Learner(
+        config=config,
+        family=family,
+        model=model,
+        loss_fn=loss_fn,
+        score_fn=score_fn,
+        query_fn=query_fn,
+        algorithm=algorithm,
+        tx=tx,
+        init=init,
+        meta_step=meta_step,
+        run=run,
+        # Built once: a jit wrapper made per call would trace and compile every call.
+        adapt=jax.jit(algorithm.adapt, static_argnums=3),
+    )
 
 
 def sample_tasks(
@@ -159,9 +175,9 @@ def evaluate(
     Returns:
         `{"mean": (num_steps + 1,), "ci95": (num_steps + 1,), "per_task": (tasks, steps + 1)}`.
     """
-    score = algorithms.make_loss_fn(learner.model, learner.family.score)
+    # learner.score_fn is one object per learner, so the compiled curves are reused.
     curves = meta_test.adaptation_curves(
-        learner.algorithm, meta_params, tasks, num_steps, (score,)
+        learner.algorithm, meta_params, tasks, num_steps, (learner.score_fn,)
     )[..., 0]
     mean, ci = meta_test.mean_and_ci95(curves)
     return {"mean": mean, "ci95": ci, "per_task": curves}
@@ -169,6 +185,4 @@ def evaluate(
 
 def adapt(learner: Learner, meta_params: Any, task: TaskBatch, num_steps: int):
     """The network's parameters after `num_steps` inner steps on one task's support set."""
-    return jax.jit(learner.algorithm.adapt, static_argnums=3)(
-        meta_params, task.support_x, task.support_y, num_steps
-    )
+    return learner.adapt(meta_params, task.support_x, task.support_y, num_steps)

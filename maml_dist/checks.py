@@ -26,8 +26,9 @@ _POSITIVE_INTS = (
     "checkpoint_every",
     "max_to_keep",
     "eval_tasks",
+    "cg_steps",
 )
-_NON_NEGATIVE_INTS = ("inner_steps", "eval_inner_steps", "cg_steps")
+_NON_NEGATIVE_INTS = ("inner_steps", "eval_inner_steps")
 _POSITIVE_FLOATS = ("inner_lr", "meta_lr", "imaml_lambda")
 
 
@@ -123,6 +124,22 @@ RESUMABLE_CHANGES = frozenset(
         "data_dir",  # the same data may live elsewhere on another machine
     }
 )
+
+
+def check_run_format(saved: dict, workdir: str) -> None:
+    """Checks that the run in `workdir` (its saved config `saved`) was written by this version.
+
+    Runs of maml_dist 0.1 predate the algorithm interface: their config has no `algorithm`
+    and their checkpoints hold the bare weights (last layer `Dense_N`, not `head`).
+
+    Raises:
+        UserInputError: for such a run.
+    """
+    if "algorithm" not in saved:
+        raise UserInputError(
+            f"{workdir!r} holds a run of maml_dist 0.1 (no config.algorithm; its checkpoints "
+            f"have another layout); retrain it in a new --workdir, or use maml_dist 0.1 for it"
+        )
 
 
 def check_resume_compatible(saved: dict, config: ml_collections.ConfigDict) -> None:

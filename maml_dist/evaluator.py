@@ -32,7 +32,9 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
             f"`python -m maml_dist.train --config=configs/sinusoid.py --workdir={workdir}`"
         )
     with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+        saved = json.load(f)
+    checks.check_run_format(saved, workdir)
+    return ml_collections.ConfigDict(saved)
 
 
 def restore_params(config: ml_collections.ConfigDict, workdir: str, step: int | None, problem=None):
@@ -172,6 +174,7 @@ def evaluate(
         "seed": seed,
         "num_query": num_query,
         "algorithm": config.algorithm,
+        # The configured rate; Meta-SGD adapts with its learned rates (this is their start).
         "inner_lr": config.inner_lr,
         "results": results,
     }

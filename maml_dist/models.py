@@ -8,8 +8,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from maml_dist.types import HEAD
+
 CONV_IMPLS = ("xla", "im2col", "auto")
-HEAD = "head"  # the name of every network's last layer, the part ANIL adapts
 
 
 def resolve_conv_impl(name: str, backend: str | None = None) -> str:

@@ -11,7 +11,14 @@ import ml_collections
 
 from maml_dist import algorithms, meta_test, tasks
 from maml_dist.tasks.base import TaskFamily
-from maml_dist.types import IMAGE_STREAM, TRAIN_STREAM, VALIDATION_STREAM, QueryFn, TaskBatch
+from maml_dist.types import (
+    IMAGE_STREAM,
+    TRAIN_STREAM,
+    VALIDATION_STREAM,
+    LossFn,
+    QueryFn,
+    TaskBatch,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +79,21 @@ def inner_config(config: ml_collections.ConfigDict) -> algorithms.InnerConfig:
     )
 
 
+def family_functions(family: TaskFamily, model: nn.Module) -> tuple[LossFn, LossFn, QueryFn]:
+    """`(loss_fn, score_fn, query_fn)` of a family's network, each `(params, x, y) -> ...`.
+
+    `query_fn` adds the family's metric to the loss, from one forward pass, unless the
+    metric is the loss itself (regression).
+    """
+    loss_fn = algorithms.make_loss_fn(model, family.loss)
+    score_fn = algorithms.make_loss_fn(model, family.score)
+    regression = family.kind == "regression"
+    query_fn = algorithms.make_query_fn(
+        model, family.loss, {} if regression else {family.metric: family.score}
+    )
+    return loss_fn, score_fn, query_fn
+
+
 def make_problem(config: ml_collections.ConfigDict) -> Problem:
     """Builds the Problem of `config` (`task`, `model`, `algorithm`, `shots`, `num_query`)."""
     family = tasks.make_task_family(config)
@@ -81,16 +103,12 @@ def make_problem(config: ml_collections.ConfigDict) -> Problem:
     def sample_fn(key):
         return family.sample(key, shots, num_query)
 
-    loss_fn = algorithms.make_loss_fn(model, family.loss)
-    regression = family.kind == "regression"
-    query_fn = algorithms.make_query_fn(
-        model, family.loss, {} if regression else {family.metric: family.score}
-    )
+    loss_fn, score_fn, query_fn = family_functions(family, model)
     return Problem(
         family=family,
         model=model,
         loss_fn=loss_fn,
-        score_fn=algorithms.make_loss_fn(model, family.score),
+        score_fn=score_fn,
         query_fn=query_fn,
         algorithm=algorithms.make_algorithm(
             config.algorithm, loss_fn, inner_config(config), query_fn

@@ -41,7 +41,9 @@ def check_inputs(config: ml_collections.ConfigDict, workdir: str, num_devices: i
     saved = os.path.join(workdir, "config.json")
     if os.path.exists(saved):
         with open(saved) as f:
-            checks.check_resume_compatible(json.load(f), config)
+            saved_config = json.load(f)
+        checks.check_run_format(saved_config, workdir)
+        checks.check_resume_compatible(saved_config, config)
     return problem
 
 

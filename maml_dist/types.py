@@ -24,6 +24,9 @@ LossFn = Callable[[Params, jax.Array, jax.Array], jax.Array]
 QueryFn = Callable[[Params, jax.Array, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
 """`query_fn(params, x, y) -> (loss, {metric: value})` from one forward pass."""
 
+HEAD = "head"
+"""The name of every network's last layer: the part ANIL adapts."""
+
 # Disjoint key streams. Training, in-training validation and meta-testing draw their tasks
 # from different streams of the seed, so meta-test tasks are never meta-training tasks.
 TRAIN_STREAM = 0

@@ -110,11 +110,12 @@ def main() -> None:
                 capture_output=True,
                 text=True,
                 check=True,
-                env={**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")},
+                env=os.environ,  # the caller's backend (JAX_PLATFORMS), CPU or accelerator
             ).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
             print(rows[-1], file=sys.stderr)
-    pathlib.Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+            # After every row, so a time limit leaves the rows measured so far.
+            pathlib.Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     print("| inner steps | algorithm | ms / meta-step | XLA temp MiB | peak RSS MiB | compile s |")
     print("|---:|---|---:|---:|---:|---:|")
     for r in rows:

@@ -43,5 +43,6 @@ cp "$RUNS/omniglot20/metrics.jsonl" "$OUT/omniglot20_metrics.jsonl" 2>/dev/null
 
 part omniglot_step 80 $PY scripts/bench_omniglot_step.py --reps=5 --steps=5 \
   --batchings=vmap,loop --conv_impls=xla,im2col
-part inner_steps 60 $PY scripts/bench_inner_steps.py --reps=3 --steps=1,10,50 --json="$OUT/bench_inner_steps_gpu.json"
+part inner_steps 120 $PY scripts/bench_inner_steps.py --reps=3 --steps=1,10,100 \
+  --algorithms=maml,fomaml,imaml --json="$OUT/bench_inner_steps_gpu.json"
 exit 0

@@ -12,6 +12,7 @@ network has 1,761 parameters), beside the same for the median task.
 from __future__ import annotations
 
 import argparse
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +33,11 @@ def main() -> None:
     args = parser.parse_args()
 
     config = evaluator.load_run_config(args.workdir)
+    if config.algorithm not in ("maml", "fomaml"):
+        # The path below is plain SGD at inner_lr, the meta-test adaptation of these two only.
+        sys.exit(
+            f"this analysis replays plain SGD steps: a maml or fomaml run, not {config.algorithm}"
+        )
     problem = make_problem(config)
     meta_params, step = evaluator.restore_params(config, args.workdir, None, problem)
     tasks = problem.fixed_tasks(config.seed, TEST_STREAM, args.num_tasks, args.shots, 100)

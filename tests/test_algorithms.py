@@ -56,7 +56,16 @@ def _central_differences(f, tree, eps):
 
 
 def _objective(loss_fn, tasks, weights, inner):
-    return lambda p: maml.meta_objective(loss_fn, p, tasks, weights, inner)
+    """MAML's objective written directly: one vmap over tasks, no algorithm interface."""
+
+    def objective(params):
+        def after(t):
+            adapted = maml.inner_loop(loss_fn, params, t.support_x, t.support_y, inner)
+            return loss_fn(adapted, t.query_x, t.query_y)
+
+        return jnp.sum(weights * jax.vmap(after)(tasks))
+
+    return objective
 
 
 @pytest.mark.parametrize("remat", [False, True])
@@ -234,11 +243,18 @@ def test_conjugate_gradient_solves_a_small_system():
     np.testing.assert_allclose(x, np.linalg.solve(a, b), rtol=1e-5)
     # Extra iterations after convergence stay finite (no 0/0).
     assert np.all(np.isfinite(imaml.conjugate_gradient(lambda v: a @ v, b, 10)))
-    # An indefinite system: CG stops at the first direction of negative curvature instead
-    # of stepping without bound; here the first direction b has b.Ab < 0.
+    # Indefinite systems: CG stops at a direction of negative curvature instead of stepping
+    # without bound. When the first direction b already has b.Ab < 0, b comes back.
     indefinite = jnp.diag(jnp.array([-1.0, 1.0, 1.0]))
-    x = imaml.conjugate_gradient(lambda v: indefinite @ v, jnp.array([2.0, 1.0, 0.0]), 5)
-    np.testing.assert_array_equal(x, np.zeros(3))
+    b = jnp.array([2.0, 1.0, 0.0])
+    np.testing.assert_array_equal(imaml.conjugate_gradient(lambda v: indefinite @ v, b, 5), b)
+    # b.Ab > 0 at first, then a direction of negative curvature: the first iterate stays.
+    b = jnp.array([1.0, 2.0, 0.0])
+    x = imaml.conjugate_gradient(lambda v: indefinite @ v, b, 5)
+    first = (b @ b) / (b @ indefinite @ b) * b
+    np.testing.assert_allclose(x, first, rtol=1e-6)
+    # A non-finite right-hand side (a diverged task) is not hidden as a zero gradient.
+    assert np.isnan(imaml.conjugate_gradient(lambda v: a @ v, b.at[0].set(jnp.nan), 3)[0])
 
 
 @pytest.mark.parametrize("name", list(algorithms.REGISTRY))

@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import pathlib
+import shutil
 
 import pytest
 from helpers import run_module, tiny_config
@@ -133,3 +134,18 @@ def test_train_then_evaluate_from_the_command_line(tmp_path):
         assert r["mean"][2] < r["mean"][0]  # adapting helps even after 20 meta-steps
     assert (workdir / "eval" / "curves.png").stat().st_size > 0
     assert (workdir / "eval" / "example_fits.png").stat().st_size > 0
+
+
+def test_runs_of_version_0_1_are_named_not_misread(trained, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(trained, old)
+    saved = json.loads((old / "config.json").read_text())
+    for field in ("algorithm", "imaml_lambda", "cg_steps"):  # what 0.1 configs lacked
+        del saved[field]
+    (old / "config.json").write_text(json.dumps(saved))
+    before = _digest(old)
+    for module, args in (("maml_dist.train", (TINY,)), ("maml_dist.evaluate", ())):
+        proc, errors = _run(module, *args, f"--workdir={old}")
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert len(errors) == 1 and "holds a run of maml_dist 0.1" in errors[0], errors
+    assert _digest(old) == before

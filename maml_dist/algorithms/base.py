@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from maml_dist.types import LossFn, MetaParams, Params, QueryFn, TaskBatch
+from maml_dist.types import HEAD, LossFn, MetaParams, Params, QueryFn, TaskBatch
 
 TaskGrad = tuple[MetaParams, tuple[jax.Array, dict[str, jax.Array]]]
 
@@ -70,7 +70,7 @@ class InnerConfig:
     remat: bool = False
     imaml_lambda: float = 2.0
     cg_steps: int = 5
-    head: str = "head"
+    head: str = HEAD
 
 
 def loss_query_fn(loss_fn: LossFn) -> QueryFn:
@@ -79,13 +79,21 @@ def loss_query_fn(loss_fn: LossFn) -> QueryFn:
 
 
 def sgd_step(loss_fn: LossFn, params: Params, x, y, lr, first_order: bool = False) -> Params:
-    """One inner step `params - lr * grad L(params)`; `lr` a scalar or a tree like `params`."""
+    """One inner step `params - lr * grad L(params)` with one scalar rate `lr`."""
     grads = jax.grad(loss_fn)(params, x, y)
     if first_order:
         grads = jax.lax.stop_gradient(grads)
-    if jax.tree.structure(lr) == jax.tree.structure(params):  # one rate per element
-        return jax.tree.map(lambda p, a, g: p - a * g, params, lr, grads)
     return jax.tree.map(lambda p, g: p - lr * g, params, grads)
+
+
+def elementwise_sgd_step(
+    loss_fn: LossFn, params: Params, x, y, rates: Params, first_order: bool = False
+) -> Params:
+    """One inner step `params - rates * grad L(params)`, `rates` a tree like `params`."""
+    grads = jax.grad(loss_fn)(params, x, y)
+    if first_order:
+        grads = jax.lax.stop_gradient(grads)
+    return jax.tree.map(lambda p, a, g: p - a * g, params, rates, grads)
 
 
 def run_steps(step_fn: Callable, params: Params, num_steps: int, remat: bool = False) -> Params:

@@ -8,7 +8,8 @@ approximated by `steps` gradient steps from phi = theta. At the optimum,
 d phi*/d theta = (I + H/lambda)^-1 with H the Hessian of L_S at phi*, so the meta-gradient
 is the solution v of (I + H/lambda) v = grad L_Q(phi), found with `cg_steps` conjugate
 gradient iterations on Hessian-vector products (forward-over-reverse). The inner loop is
-not differentiated: memory does not grow with `steps`.
+not differentiated: memory does not grow with `steps`, and `first_order` and `remat` do not
+apply.
 """
 
 from __future__ import annotations
@@ -27,29 +28,34 @@ def conjugate_gradient(matvec, b: jax.Array, iterations: int) -> jax.Array:
     A fixed number of iterations keeps the cost static (no data-dependent loop under
     `vmap`). The iterate freezes where CG's premise fails: a direction of zero or negative
     curvature (p.Ap <= 0, which a non-convex task's I + H/lambda can have) or a residual
-    already exactly zero. Then the last iterate is returned, as truncated CG does, rather
-    than a step of unbounded size or a 0/0.
+    already exactly zero; the last iterate is returned, as truncated CG does, rather than a
+    step of unbounded size or a 0/0. If the very first direction fails, that is `b` itself
+    (iMAML's first-order gradient) rather than zero, so no task silently drops out; a
+    non-finite `b` is returned as it is, so the failure shows.
     """
 
-    def body(_, carry):
-        x, r, p, rs, done = carry
+    def body(i, carry):
+        x, r, p, rs, done, fallback = carry
         ap = matvec(p)
         curvature = jnp.vdot(p, ap)
-        done = done | ~(curvature > 0) | ~(rs > 0)
+        fails = ~(curvature > 0) | ~(rs > 0)
+        fallback = fallback | ((i == 0) & fails)
+        done = done | fails
         alpha = jnp.where(done, 0.0, rs / jnp.where(done, 1.0, curvature))
         x = x + alpha * p
         r = r - alpha * ap
         rs_new = jnp.vdot(r, r)
         beta = jnp.where(done, 0.0, rs_new / jnp.where(done, 1.0, rs))
         p = jnp.where(done, p, r + beta * p)
-        return x, r, p, jnp.where(done, rs, rs_new), done
+        return x, r, p, jnp.where(done, rs, rs_new), done, fallback
 
     rs = jnp.vdot(b, b)
-    # zeros_like(rs), not zeros(()): inside shard_map the flag must vary across devices as
+    # zeros_like(rs), not zeros(()): inside shard_map the flags must vary across devices as
     # the rest of the carry does.
-    start = (jnp.zeros_like(b), b, b, rs, jnp.zeros_like(rs, dtype=bool))
-    x, *_ = jax.lax.fori_loop(0, iterations, body, start)
-    return x
+    flag = jnp.zeros_like(rs, dtype=bool)
+    start = (jnp.zeros_like(b), b, b, rs, flag, flag)
+    x, _, _, _, _, fallback = jax.lax.fori_loop(0, iterations, body, start)
+    return jnp.where(fallback | ~jnp.isfinite(rs), b, x)
 
 
 def make(loss_fn: LossFn, inner: InnerConfig, query_fn: QueryFn | None = None) -> Algorithm:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 
 from maml_dist.algorithms.base import (
     Algorithm,
@@ -28,7 +27,7 @@ from maml_dist.algorithms.base import (
 from maml_dist.types import LossFn, Params, QueryFn, TaskBatch
 
 
-def adapt(loss_fn: LossFn, params: Params, x, y, inner: InnerConfig) -> Params:
+def inner_loop(loss_fn: LossFn, params: Params, x, y, inner: InnerConfig) -> Params:
     """`inner.steps` SGD steps on (x, y), differentiable (second order unless first_order)."""
     return run_steps(
         lambda p, _: sgd_step(loss_fn, p, x, y, inner.lr, inner.first_order),
@@ -52,7 +51,7 @@ def make(loss_fn: LossFn, inner: InnerConfig, query_fn: QueryFn | None = None) -
         del step  # MAML's objective does not change with the meta-step
 
         def objective(params):
-            adapted = adapt(loss_fn, params, task.support_x, task.support_y, inner)
+            adapted = inner_loop(loss_fn, params, task.support_x, task.support_y, inner)
             return query_fn(adapted, task.query_x, task.query_y)
 
         (loss, metrics), grads = jax.value_and_grad(objective, has_aux=True)(meta_params["params"])
@@ -73,19 +72,3 @@ def make_first_order(
 ) -> Algorithm:
     """First-order MAML: MAML with `first_order=True`."""
     return make(loss_fn, dataclasses.replace(inner, first_order=True), query_fn)
-
-
-def meta_objective(
-    loss_fn: LossFn, params: Params, tasks: TaskBatch, weights: jax.Array, inner: InnerConfig
-) -> jax.Array:
-    """Weighted sum of the tasks' post-adaptation query losses, written directly.
-
-    An independent formulation of MAML's objective (one `vmap`, no algorithm interface),
-    for tests that check `task_grad` and the sharded path against it.
-    """
-    after = jax.vmap(
-        lambda t: loss_fn(
-            adapt(loss_fn, params, t.support_x, t.support_y, inner), t.query_x, t.query_y
-        )
-    )(tasks)
-    return jnp.sum(weights * after)

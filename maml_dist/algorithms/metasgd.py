@@ -13,10 +13,10 @@ import jax.numpy as jnp
 from maml_dist.algorithms.base import (
     Algorithm,
     InnerConfig,
+    elementwise_sgd_step,
     loss_query_fn,
     make_adapt,
     run_steps,
-    sgd_step,
 )
 from maml_dist.types import LossFn, QueryFn, TaskBatch
 
@@ -42,7 +42,7 @@ def make(loss_fn: LossFn, inner: InnerConfig, query_fn: QueryFn | None = None) -
 
         def objective(meta):
             adapted = run_steps(
-                lambda p, _: sgd_step(
+                lambda p, _: elementwise_sgd_step(
                     loss_fn,
                     p,
                     task.support_x,
@@ -61,6 +61,6 @@ def make(loss_fn: LossFn, inner: InnerConfig, query_fn: QueryFn | None = None) -
 
     def inner_step(meta_params, params, x, y, j):
         del j
-        return sgd_step(loss_fn, params, x, y, meta_params["inner_lr"])
+        return elementwise_sgd_step(loss_fn, params, x, y, meta_params["inner_lr"])
 
     return Algorithm("metasgd", init, task_grad, inner_step, make_adapt(inner_step))

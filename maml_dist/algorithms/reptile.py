@@ -5,6 +5,7 @@ For each task, `steps` plain SGD steps on the support set give phi; the task's o
 gradient, so sharding, reduction, checkpoints and logging are those of every algorithm.
 Nothing is differentiated through the inner loop, so memory does not grow with `steps`.
 With one step, theta - phi = lr * grad L_S(theta): Reptile needs several inner steps.
+`first_order` and `remat` do not apply (nothing is differentiated).
 """
 
 from __future__ import annotations

@@ -27,6 +27,11 @@ class TaskFamily(Protocol):
     kind: str
     host_sampled: bool
 
+    @classmethod
+    def from_config(cls, config) -> TaskFamily:
+        """Builds the family an ml_collections config describes (the registry's entry)."""
+        ...
+
     def sample(self, key: jax.Array, shots: int, num_query: int) -> TaskBatch:
         """Samples one task with `shots` support and `num_query` query points."""
         ...
