@@ -68,6 +68,9 @@ def get_config(variant: str | None = "5w1s") -> ml_collections.ConfigDict:
     c.remat_inner = False
     c.imaml_lambda = 2.0  # iMAML: proximal strength lambda (Rajeswaran et al.: 2 on Omniglot)
     c.cg_steps = 5  # iMAML: conjugate-gradient iterations per task
+    # iMAML: inner steps backtrack from inner_lr up to this many halvings (0: fixed steps,
+    # which diverge on the sinusoid problem; README, "Algorithms").
+    c.imaml_line_search = 8
     c.task_batching = "auto"
     c.reduction = "sum"
     c.meta_lr = 1e-3

@@ -28,7 +28,7 @@ _POSITIVE_INTS = (
     "eval_tasks",
     "cg_steps",
 )
-_NON_NEGATIVE_INTS = ("inner_steps", "eval_inner_steps")
+_NON_NEGATIVE_INTS = ("inner_steps", "eval_inner_steps", "imaml_line_search")
 _POSITIVE_FLOATS = ("inner_lr", "meta_lr", "imaml_lambda")
 
 

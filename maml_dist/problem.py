@@ -76,6 +76,7 @@ def inner_config(config: ml_collections.ConfigDict) -> algorithms.InnerConfig:
         remat=config.remat_inner,
         imaml_lambda=config.imaml_lambda,
         cg_steps=config.cg_steps,
+        line_search=config.imaml_line_search,
     )
 
 

@@ -1,6 +1,7 @@
 """Each algorithm's outer gradient against finite differences, closed forms or exact solves."""
 
 import dataclasses
+import itertools
 
 import chex
 import jax
@@ -227,13 +228,38 @@ def test_imaml_cg_meta_gradient_equals_exact_solve_with_dense_hessian():
 def test_imaml_inner_steps_follow_the_proximal_objective():
     loss_fn, params, tasks, _ = _tiny_problem(jnp.float32)
     task = _task(tasks, 0)
-    algorithm = algorithms.make_algorithm("imaml", loss_fn, INNER)
+    algorithm = algorithms.make_algorithm(
+        "imaml", loss_fn, dataclasses.replace(INNER, line_search=0)
+    )
     theta = params
     phi = jax.tree.map(lambda p: p + 0.1, params)
     stepped = algorithm.inner_step({"params": theta}, phi, task.support_x, task.support_y, 0)
     g = jax.grad(loss_fn)(phi, task.support_x, task.support_y)
     expected = jax.tree.map(lambda p, g, t: p - 0.1 * (g + 2.0 * (p - t)), phi, g, theta)
     chex.assert_trees_all_close(stepped, expected, rtol=1e-6)
+
+
+def test_imaml_line_search_never_increases_the_proximal_objective():
+    loss_fn, params, tasks, _ = _tiny_problem(jnp.float32)
+    task = _task(tasks, 2)  # amplitude 4: a fixed step of 0.5 diverges here
+    theta = {"params": params}
+
+    def proximal(p):
+        distance = sum(
+            jnp.sum(jnp.square(a - b))
+            for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(params), strict=True)
+        )
+        return loss_fn(p, task.support_x, task.support_y) + 0.5 * 2.0 * distance
+
+    for search, expect_monotone in ((0, False), (12, True)):
+        inner = dataclasses.replace(INNER, lr=0.5, line_search=search)
+        algorithm = algorithms.make_algorithm("imaml", loss_fn, inner)
+        p, values = params, [float(proximal(params))]
+        for j in range(5):
+            p = algorithm.inner_step(theta, p, task.support_x, task.support_y, j)
+            values.append(float(proximal(p)))
+        monotone = all(b <= a for a, b in itertools.pairwise(values))
+        assert monotone == expect_monotone, (search, values)
 
 
 def test_conjugate_gradient_solves_a_small_system():

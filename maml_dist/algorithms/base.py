@@ -61,6 +61,8 @@ class InnerConfig:
             memory no longer grows with the activations of every step.
         imaml_lambda: iMAML's proximal strength lambda in lambda/2 |phi - theta|^2.
         cg_steps: iMAML's conjugate-gradient iterations.
+        line_search: iMAML's inner steps try rates lr, lr/2, ... (this many) and take the
+            first that decreases the proximal objective enough (Armijo); 0: always lr.
         head: ANIL's adapted subtree: the top-level key of the network's head in `params`.
     """
 
@@ -70,6 +72,7 @@ class InnerConfig:
     remat: bool = False
     imaml_lambda: float = 2.0
     cg_steps: int = 5
+    line_search: int = 8
     head: str = HEAD
 
 

@@ -70,15 +70,31 @@ def make(loss_fn: LossFn, inner: InnerConfig, query_fn: QueryFn | None = None) -
     lam = inner.imaml_lambda
 
     def inner_step(meta_params, params, x, y, j):
-        """A gradient step on L_S(phi) + lambda/2 |phi - theta|^2."""
+        """A gradient step on L_S(phi) + lambda/2 |phi - theta|^2 (see `line_search`)."""
         del j
-        grads = jax.grad(loss_fn)(params, x, y)
-        return jax.tree.map(
-            lambda p, g, t: p - inner.lr * (g + lam * (p - t)),
-            params,
-            grads,
-            meta_params["params"],
-        )
+        theta = meta_params["params"]
+
+        def proximal(p):
+            distance = sum(
+                jnp.sum(jnp.square(a - b))
+                for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(theta), strict=True)
+            )
+            return loss_fn(p, x, y) + 0.5 * lam * distance
+
+        value, grads = jax.value_and_grad(proximal)(params)
+        if not inner.line_search:
+            return jax.tree.map(lambda p, g: p - inner.lr * g, params, grads)
+        # Backtracking, all candidates at once (a static cost under vmap): a fixed step
+        # diverges wherever lr times the curvature exceeds 2, and iMAML's implicit gradient,
+        # unlike MAML's, cannot steer the initialisation away from such regions.
+        rates = inner.lr * 0.5 ** jnp.arange(inner.line_search)
+        squared = sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))
+        candidates = jax.vmap(lambda r: jax.tree.map(lambda p, g: p - r * g, params, grads))(rates)
+        values = jax.vmap(proximal)(candidates)
+        accepted = values <= value - 0.5 * rates * squared
+        # The first accepted rate; the smallest if none is.
+        index = jnp.where(accepted.any(), jnp.argmax(accepted), inner.line_search - 1)
+        return jax.tree.map(lambda c: c[index], candidates)
 
     adapt = make_adapt(inner_step)
 
