@@ -65,7 +65,11 @@ def test_sharded_equals_reference(num_devices, batching, reduction, first_order)
 def test_every_algorithm_sharded_equals_reference(num_devices, algorithm):
     # Padded (25 tasks) so masking is exercised too; 3 inner steps so that Reptile and
     # iMAML differ from one scaled support gradient.
-    spec, meta_params = _spec(25, pad_meta_batch=True, inner_steps=3, algorithm=algorithm)
+    # iMAML's line search accepts or rejects a step on a comparison that an ulp can flip in
+    # another program, so this check (another vmap width) uses its fixed steps; the line
+    # search is checked bit for bit across device counts in the deterministic mode below.
+    extra = {"imaml_line_search": 0} if algorithm == "imaml" else {}
+    spec, meta_params = _spec(25, pad_meta_batch=True, inner_steps=3, algorithm=algorithm, **extra)
     reference = _reference(spec, meta_params)
     sharded = _sharded(spec, meta_params, num_devices)
     assert set(reference[0]) == set(meta_params)  # a gradient for every meta-parameter
