@@ -22,7 +22,7 @@ Run from the repository root (the named files import this module as `configs.omn
     python -m maml_dist.evaluate --workdir=runs/o5w1s
 
 Task batching and the conv implementation default to "auto": a loop over each device's
-tasks and im2col convs on CPU (DESIGN.md §5.8, README "Omniglot"), vmap and XLA convs on
+tasks and im2col convs on CPU (README trap 8, README "Omniglot"), vmap and XLA convs on
 accelerators.
 """
 

@@ -11,7 +11,7 @@ import orbax.checkpoint as ocp
 class Checkpointer:
     """Saves and restores the TrainState under `<workdir>/checkpoints`.
 
-    Every process must call every method: orbax coordinates the processes (DESIGN.md §5.6).
+    Every process must call every method: orbax coordinates the processes (README trap 6).
     """
 
     def __init__(self, directory: str, max_to_keep: int, create: bool = True):

@@ -1,6 +1,6 @@
 """Multi-process start-up: `jax.distributed.initialize`, explicit or auto-detected.
 
-Must run before anything touches a JAX backend (DESIGN.md §5.4).
+Must run before anything touches a JAX backend (README trap 4).
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ def resolve_batching(name: str, backend: str | None = None) -> str:
     """The task batching to use: `name`, or for "auto" the backend's best one.
 
     "auto" is "loop" on CPU, where vmap over per-task conv weights becomes a grouped
-    convolution (DESIGN.md §5.8; loop measured 26.8 against 21.3 tasks/s on the Omniglot
+    convolution (README trap 8; loop measured 26.8 against 21.3 tasks/s on the Omniglot
     step with im2col convs), and "vmap" on accelerators.
     """
     if name != AUTO:
@@ -96,7 +96,7 @@ class MetaBatch:
         batching: how a device runs its tasks: "vmap" (one batched program), "loop"
             (`lax.map`, one task at a time) or "unroll" (one task at a time, unrolled at
             trace time). XLA:CPU runs batched per-task conv weights as slow grouped
-            convolutions (DESIGN.md §5.8), and convolutions inside a loop body ~9x slower
+            convolutions (README trap 8), and convolutions inside a loop body ~9x slower
             than the same code unrolled (measured, scripts/bench_omniglot_step.py), so
             conv nets on CPU want "unroll" (longer compiles). "loop" and "unroll" make each
             task's numbers independent of how many tasks share a device.
@@ -212,13 +212,13 @@ def make_meta_grad_fn(spec: MetaBatch, mesh: jax.sharding.Mesh) -> Callable:
     `spec.sample_fn` is None; `measure` is as in `task_terms`.
 
     Each device samples and adapts to its own slice of the global meta-batch; gradients and
-    losses travel in one flat buffer, so each step makes a single collective (DESIGN.md §5.7).
+    losses travel in one flat buffer, so each step makes a single collective (README trap 7).
     """
     layout = TaskLayout(spec.meta_batch_size, mesh.shape[AXIS])
 
     def body(meta_params, step, measure, tasks=None):
         # Without this, jax.grad w.r.t. replicated params inside shard_map returns the
-        # gradient summed over devices (DESIGN.md §4), silently mixing other devices' tasks
+        # gradient summed over devices (README trap 1), silently mixing other devices' tasks
         # into each device's inner adaptation.
         meta_params = jax.lax.pcast(meta_params, AXIS, to="varying")
         first = jax.lax.axis_index(AXIS) * layout.per_device
@@ -306,7 +306,7 @@ def make_multi_step(train_step: Callable) -> Callable:
     """Returns jitted `(state, n) -> (state, metrics stacked over n steps)`.
 
     Running n steps in one executable (a `lax.scan`) removes n - 1 dispatches and keeps
-    only one executable in flight per chunk (DESIGN.md §5.2). The state is donated. The
+    only one executable in flight per chunk (README trap 2). The state is donated. The
     metrics of every step but the last hold NaN before-adaptation values (`_last_only`).
     """
 

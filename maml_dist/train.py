@@ -21,7 +21,7 @@ def main(argv):
     """Starts JAX, then hands over to the trainer."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    watch = cli.start_runtime(_PROG)  # before the first backend use (DESIGN.md §5.4)
+    watch = cli.start_runtime(_PROG)  # before the first backend use (README trap 4)
 
     logging.info(
         "JAX %s, process %d of %d: %d device(s) in all, %d here.",

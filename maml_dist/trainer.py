@@ -156,7 +156,7 @@ def _loop(config, state, step, run, feed, clock, writer, schedule, ckpt, monitor
             state, metrics = run(state, batches)
         if pending is not None:
             # Blocks on the previous chunk only: at most two chunks are ever in flight
-            # (DESIGN.md §5.2), and the host logs while the device computes.
+            # (README trap 2), and the host logs while the device computes.
             jax.block_until_ready(pending[1])
             _report(writer, clock, config, schedule, *pending)
         extra = {}

@@ -1,7 +1,7 @@
 """Several processes on 127.0.0.1 train exactly what one process would.
 
 Every child has a hard deadline and is killed with SIGKILL (JAX catches SIGTERM once
-jax.distributed is up, DESIGN.md §5.3), so these tests cannot hang CI.
+jax.distributed is up, README trap 3), so these tests cannot hang CI.
 """
 
 import json

@@ -130,7 +130,7 @@ def test_loop_and_ordered_reduction_are_bit_identical_across_device_counts():
 
 
 def test_jax_still_sums_grads_of_replicated_params_without_pcast():
-    """The DESIGN.md §4 trap that `make_meta_grad_fn` guards with `pcast`.
+    """The README trap 1 trap that `make_meta_grad_fn` guards with `pcast`.
 
     If JAX changes this behaviour the guard may be dropped; until then, it is needed.
     """
