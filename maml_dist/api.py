@@ -23,7 +23,7 @@ import optax
 
 from maml_dist import algorithms, meta_test, parallel
 from maml_dist import state as state_lib
-from maml_dist.problem import family_functions
+from maml_dist.problem import family_functions, family_head_split
 from maml_dist.tasks.base import TaskFamily
 from maml_dist.types import TEST_STREAM, LossFn, QueryFn, TaskBatch
 
@@ -107,7 +107,9 @@ def make_learner(
     model = model or family.make_model()
     tx = tx or optax.adam(config.meta_lr)
     loss_fn, score_fn, query_fn = family_functions(family, model)
-    algorithm = algorithms.make_algorithm(config.algorithm, loss_fn, config.inner, query_fn)
+    algorithm = algorithms.make_algorithm(
+        config.algorithm, loss_fn, config.inner, query_fn, family_head_split(family, model)
+    )
     mesh = parallel.make_mesh(devices)
     replicated = parallel.replicated(mesh)
 

@@ -11,6 +11,16 @@ import jax.numpy as jnp
 from maml_dist.types import HEAD
 
 CONV_IMPLS = ("xla", "im2col", "auto")
+# What a network's `part` argument selects: the whole network, the body (everything up to
+# the head's input), or the head alone on the body's output. ANIL adapts the head on
+# features the body computes once per task (`maml_dist.algorithms.anil`).
+PARTS = ("all", "body", "head")
+
+
+def check_part(part: str) -> None:
+    """Raises ValueError unless `part` is one of PARTS (a programming error, not user input)."""
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {PARTS}, got {part!r}")
 
 
 def resolve_conv_impl(name: str, backend: str | None = None) -> str:
@@ -41,13 +51,22 @@ class MLP(nn.Module):
     init_stddev: float = 0.0
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """Maps inputs of shape (..., in) to outputs of shape (..., out_features)."""
+    def __call__(self, x: jax.Array, part: str = "all") -> jax.Array:
+        """Maps inputs of shape (..., in) to outputs of shape (..., out_features).
+
+        Args:
+            x: inputs, or for `part="head"` the body's features.
+            part: "all"; "body" (the features the head reads); "head" (the head alone).
+        """
         kwargs = {}
         if self.init_stddev > 0:
             kwargs["kernel_init"] = nn.initializers.truncated_normal(self.init_stddev)
-        for width in self.hidden_sizes:
-            x = nn.relu(nn.Dense(width, **kwargs)(x))
+        check_part(part)
+        if part != "head":
+            for width in self.hidden_sizes:
+                x = nn.relu(nn.Dense(width, **kwargs)(x))
+        if part == "body":
+            return x
         # Named so that ANIL can tell the head (adapted) from the body (only meta-learned).
         return nn.Dense(self.out_features, name=HEAD, **kwargs)(x)
 
@@ -127,15 +146,28 @@ class ConvNet(nn.Module):
     conv_impl: str = "xla"
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """(B, H, W, 1) images (uint8 ink 0-255, or floats in [0, 1]) -> (B, num_classes)."""
-        if x.dtype == jnp.uint8:
-            x = x.astype(jnp.float32) / 255.0
-        for i in range(self.blocks):
-            if self.conv_impl == "im2col":
-                # Named like nn.Conv's so both implementations share checkpoints.
-                x = PatchConv(self.filters, strides=2, name=f"Conv_{i}")(x)
-            else:
-                x = nn.Conv(self.filters, (3, 3), strides=2, padding="SAME")(x)
-            x = nn.relu(BatchStatNorm()(x))
-        return nn.Dense(self.num_classes, name=HEAD)(x.reshape(x.shape[0], -1))
+    def __call__(self, x: jax.Array, part: str = "all") -> jax.Array:
+        """(B, H, W, 1) images (uint8 ink 0-255, or floats in [0, 1]) -> (B, num_classes).
+
+        Args:
+            x: images, or for `part="head"` the body's (B, features) output.
+            part: "all"; "body" (the flattened features the head reads); "head".
+        """
+        check_part(part)
+        if part != "head":
+            if x.dtype == jnp.uint8:
+                x = x.astype(jnp.float32) / 255.0
+            for i in range(self.blocks):
+                if self.conv_impl == "im2col":
+                    # Named like nn.Conv's so both implementations share checkpoints.
+                    x = PatchConv(self.filters, strides=2, name=f"Conv_{i}")(x)
+                else:
+                    # Named explicitly: a "body" call must not renumber the layers.
+                    x = nn.Conv(self.filters, (3, 3), strides=2, padding="SAME", name=f"Conv_{i}")(
+                        x
+                    )
+                x = nn.relu(BatchStatNorm(name=f"BatchStatNorm_{i}")(x))
+            x = x.reshape(x.shape[0], -1)
+        if part == "body":
+            return x
+        return nn.Dense(self.num_classes, name=HEAD)(x)

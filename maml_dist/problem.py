@@ -15,6 +15,7 @@ from maml_dist.types import (
     IMAGE_STREAM,
     TRAIN_STREAM,
     VALIDATION_STREAM,
+    HeadSplit,
     LossFn,
     QueryFn,
     TaskBatch,
@@ -95,6 +96,14 @@ def family_functions(family: TaskFamily, model: nn.Module) -> tuple[LossFn, Loss
     return loss_fn, score_fn, query_fn
 
 
+def family_head_split(family: TaskFamily, model: nn.Module) -> HeadSplit | None:
+    """The body/head split of a family's network (for ANIL), or None if it has none."""
+    regression = family.kind == "regression"
+    return algorithms.make_head_split(
+        model, family.loss, {} if regression else {family.metric: family.score}
+    )
+
+
 def make_problem(config: ml_collections.ConfigDict) -> Problem:
     """Builds the Problem of `config` (`task`, `model`, `algorithm`, `shots`, `num_query`)."""
     family = tasks.make_task_family(config)
@@ -112,7 +121,11 @@ def make_problem(config: ml_collections.ConfigDict) -> Problem:
         score_fn=score_fn,
         query_fn=query_fn,
         algorithm=algorithms.make_algorithm(
-            config.algorithm, loss_fn, inner_config(config), query_fn
+            config.algorithm,
+            loss_fn,
+            inner_config(config),
+            query_fn,
+            family_head_split(family, model),
         ),
         sample_fn=None if family.host_sampled else sample_fn,
     )

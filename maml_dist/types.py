@@ -7,7 +7,7 @@ core, the task families) can use these without pulling in the task registry.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 from flax import struct
@@ -26,6 +26,21 @@ QueryFn = Callable[[Params, jax.Array, jax.Array], tuple[jax.Array, dict[str, ja
 
 HEAD = "head"
 """The name of every network's last layer: the part ANIL adapts."""
+
+
+class HeadSplit(NamedTuple):
+    """A network as body then head, for algorithms that adapt the head alone (ANIL).
+
+    Attributes:
+        features: `(params, x) -> features`, the body's output (the head's input); reads
+            every entry of `params` but `params[HEAD]`.
+        loss_fn: `(head_params, features, y) -> scalar`, the task loss of the head alone.
+        query_fn: `(head_params, features, y) -> (loss, {metric: value})`.
+    """
+
+    features: Callable[[Params, jax.Array], jax.Array]
+    loss_fn: LossFn
+    query_fn: QueryFn
 
 # Disjoint key streams. Training, in-training validation and meta-testing draw their tasks
 # from different streams of the seed, so meta-test tasks are never meta-training tasks.

@@ -2,8 +2,10 @@
 
 5-way 1-shot, 15 query images per class, meta-batch 32, one inner step (alpha 0.4) unless
 --inner_steps, the first device, random 28x28 images (speed does not depend on pixel
-values). Measures each algorithm's meta-gradient plus the Adam update, and the first
-compile. Configurations run one after another in one process, so compare rows of one run.
+values). Measures each algorithm's meta-gradient plus the Adam update, the first
+compile, and XLA's FLOP count of one task's meta-gradient (cost analysis of the vmapped
+meta-gradient over the meta-batch, divided by its size; with one inner step only, as XLA
+counts a loop body once). Configurations run one after another in one process, so compare rows of one run.
 
     python scripts/bench_omniglot_step.py [--reps=5] [--steps=5] [--batchings=vmap,loop,unroll]
         [--conv_impls=xla,im2col] [--algorithms=maml,anil] [--inner_steps=1]
@@ -22,6 +24,10 @@ import optax
 
 from maml_dist import algorithms, models
 from maml_dist.types import TaskBatch
+
+
+def _xent(logits, labels):
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
 def main() -> None:
@@ -55,19 +61,18 @@ def main() -> None:
         f"{len(jax.devices())} {jax.default_backend()} device(s) (the first used),"
     )
     print(f"{args.steps} meta-steps per jitted call (a lax.scan, as in the trainer)")
-    print("| algorithm | conv_impl | task_batching | first compile s | tasks/s |")
-    print("|---|---|---|---:|---:|")
+    print("| algorithm | conv_impl | task_batching | first compile s | tasks/s | GFLOP/task |")
+    print("|---|---|---|---:|---:|---:|")
     for name, conv_impl, batching in itertools.product(
         args.algorithms.split(","), args.conv_impls.split(","), args.batchings.split(",")
     ):
         model = models.ConvNet(num_classes=ways, conv_impl=conv_impl)
 
         def loss_fn(p, x, y, model=model):
-            return optax.softmax_cross_entropy_with_integer_labels(
-                model.apply({"params": p}, x), y
-            ).mean()
+            return _xent(model.apply({"params": p}, x), y)
 
-        algorithm = algorithms.make_algorithm(name, loss_fn, inner)
+        split = algorithms.make_head_split(model, _xent, {})
+        algorithm = algorithms.make_algorithm(name, loss_fn, inner, head_split=split)
         params = algorithm.init(model.init(jax.random.key(0), tasks.support_x[0])["params"])
 
         def grads_of(p, tasks, batching=batching, algorithm=algorithm):
@@ -102,7 +107,27 @@ def main() -> None:
             jax.block_until_ready(carry)
             times.append(time.perf_counter() - t0)
         rate = n * args.steps / sorted(times)[len(times) // 2]
-        print(f"| {name} | {conv_impl} | {batching} | {compile_s:.1f} | {rate:.1f} |", flush=True)
+        # XLA's cost analysis counts a loop body once, whatever its trip count, so the
+        # count is only the step's cost with one inner step (one scan iteration).
+        gflop = "n/a"
+        if args.inner_steps == 1:
+            fn = jax.jit(lambda p, t, a=algorithm: _vmapped(a, p, t))
+            gflop = f"{_flops(fn, params, tasks) / n:.3f}"
+        print(
+            f"| {name} | {conv_impl} | {batching} | {compile_s:.1f} | {rate:.1f} | {gflop} |",
+            flush=True,
+        )
+
+
+def _vmapped(algorithm, params, tasks):
+    return jax.vmap(lambda t: algorithm.task_grad(params, t, 0)[0])(tasks)
+
+
+def _flops(fn, *args) -> float:
+    """XLA's FLOP estimate (GFLOP) of `fn(*args)`; NaN where the backend gives none."""
+    cost = fn.lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float((cost or {}).get("flops", float("nan"))) / 1e9
 
 
 if __name__ == "__main__":

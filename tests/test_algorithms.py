@@ -177,6 +177,48 @@ def test_anil_adapts_only_the_head_and_matches_the_reference_gradient():
         assert np.linalg.norm(grad["params"]["Dense_0"]["kernel"]) > 0
 
 
+@pytest.mark.parametrize("first_order", [False, True])
+def test_anil_with_the_body_head_split_equals_anil_on_the_whole_network(first_order):
+    """The split (body once per set) is a speed-up only: same gradients, same adaptation."""
+    with jax.enable_x64(True):
+        loss_fn, params, tasks, weights = _tiny_problem(jnp.float64)
+        model = models.MLP(hidden_sizes=(4,), out_features=1)
+        mse = lambda p, y: jnp.mean(jnp.square(p - y))  # noqa: E731
+        split = algorithms.make_head_split(model, mse, {})
+        inner = dataclasses.replace(INNER, first_order=first_order)
+        whole = algorithms.make_algorithm("anil", loss_fn, inner)
+        fast = algorithms.make_algorithm("anil", loss_fn, inner, head_split=split)
+        meta = {"params": params}
+        want, want_loss = _meta_grad(whole, meta, tasks, weights)
+        got, got_loss = _meta_grad(fast, meta, tasks, weights)
+        chex.assert_trees_all_close(got, want, rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(got_loss, want_loss, rtol=1e-12)
+        task = _task(tasks, 2)
+        chex.assert_trees_all_close(
+            fast.adapt(meta, task.support_x, task.support_y, 5),
+            whole.adapt(meta, task.support_x, task.support_y, 5),
+            rtol=1e-12,
+        )
+        chex.assert_trees_all_close(
+            fast.inner_step(meta, params, task.support_x, task.support_y, 0),
+            whole.inner_step(meta, params, task.support_x, task.support_y, 0),
+            rtol=1e-12,
+        )
+
+
+@pytest.mark.parametrize("conv_impl", ["xla", "im2col"])
+def test_convnet_body_then_head_is_the_whole_network(conv_impl):
+    model = models.ConvNet(num_classes=5, filters=8, blocks=2, conv_impl=conv_impl)
+    x = jax.random.uniform(jax.random.key(0), (6, 28, 28, 1))
+    params = model.init(jax.random.key(1), x)["params"]
+    body = {k: v for k, v in params.items() if k != models.HEAD}
+    feats = model.apply({"params": body}, x, part="body")
+    head = model.apply({"params": {models.HEAD: params[models.HEAD]}}, feats, part="head")
+    np.testing.assert_allclose(head, model.apply({"params": params}, x), rtol=1e-6)
+    with pytest.raises(ValueError, match="part must be one of"):
+        model.apply({"params": params}, x, part="neck")
+
+
 def test_anil_names_a_missing_head():
     with pytest.raises(algorithms.UserInputError, match="no 'head' entry"):
         anil.split({"Dense_0": 1}, "head")

@@ -14,12 +14,13 @@ from maml_dist.algorithms.base import (
     InnerConfig,
     adaptation_curve,
     loss_query_fn,
+    make_head_split,
     make_loss_fn,
     make_query_fn,
     sgd_step,
 )
 from maml_dist.errors import UserInputError
-from maml_dist.types import LossFn, QueryFn
+from maml_dist.types import HeadSplit, LossFn, QueryFn
 
 REGISTRY: dict[str, Callable[..., Algorithm]] = {
     "maml": maml.make,
@@ -38,16 +39,33 @@ __all__ = [
     "adaptation_curve",
     "loss_query_fn",
     "make_algorithm",
+    "make_head_split",
     "make_loss_fn",
     "make_query_fn",
     "sgd_step",
 ]
 
 
+# The algorithms that adapt the network's head alone, and so can use its body/head split.
+USES_HEAD_SPLIT = frozenset({"anil"})
+
+
 def make_algorithm(
-    name: str, loss_fn: LossFn, inner: InnerConfig, query_fn: QueryFn | None = None
+    name: str,
+    loss_fn: LossFn,
+    inner: InnerConfig,
+    query_fn: QueryFn | None = None,
+    head_split: HeadSplit | None = None,
 ) -> Algorithm:
     """Builds the registered algorithm `name`.
+
+    Args:
+        name: a key of REGISTRY.
+        loss_fn: `(params, x, y) -> scalar`, the inner (support set) loss.
+        inner: the algorithm's static settings.
+        query_fn: `(params, x, y) -> (loss, metrics)` on the query set; default the loss.
+        head_split: the network as body then head (`make_head_split`), for the
+            algorithms in USES_HEAD_SPLIT; ignored by the others.
 
     Raises:
         UserInputError: if no algorithm has that name.
@@ -59,4 +77,6 @@ def make_algorithm(
             f"unknown algorithm {name!r}; choose one of {', '.join(REGISTRY)} "
             f"(--config.algorithm=NAME)"
         ) from None
+    if name in USES_HEAD_SPLIT:
+        return factory(loss_fn, inner, query_fn, head_split)
     return factory(loss_fn, inner, query_fn)

@@ -4,6 +4,12 @@ The inner steps update `params[inner.head]` alone; the body (every other top-lev
 of `params`) stays at its meta-learned value during adaptation and is meta-learned by the
 gradient of the query loss, including the path through the head's inner steps (which
 depend on the body's features of the support set).
+
+Given the network's `HeadSplit` (every network in `maml_dist.models` has one), the body
+runs once per task on the support set and once on the query set, and the inner steps run
+the head alone on those features; the body's backward pass then runs once, whatever the
+number of inner steps. Without a split the whole network runs in every inner step (same
+result, more cost).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from maml_dist.algorithms.base import (
     sgd_step,
 )
 from maml_dist.errors import UserInputError
-from maml_dist.types import LossFn, Params, QueryFn, TaskBatch
+from maml_dist.types import HeadSplit, LossFn, Params, QueryFn, TaskBatch
 
 
 def split(params: Params, head: str) -> tuple[Params, Params]:
@@ -36,15 +42,23 @@ def split(params: Params, head: str) -> tuple[Params, Params]:
     return {k: v for k, v in params.items() if k != head}, params[head]
 
 
-def make(loss_fn: LossFn, inner: InnerConfig, query_fn: QueryFn | None = None) -> Algorithm:
+def make(
+    loss_fn: LossFn,
+    inner: InnerConfig,
+    query_fn: QueryFn | None = None,
+    head_split: HeadSplit | None = None,
+) -> Algorithm:
     """ANIL: `inner.steps` SGD steps on the head only; second order unless `first_order`.
 
     Args:
         loss_fn: `loss_fn(params, x, y)`, adapted on the support set.
         inner: `lr`, `steps`, `first_order`, `remat`, and `head`, the head's key.
         query_fn: `(params, x, y) -> (loss, metrics)` on the query set; default the loss.
+        head_split: the network as body then head; with it the body runs once per set.
     """
     query_fn = query_fn or loss_query_fn(loss_fn)
+    if head_split is not None:
+        return _make_split(inner, head_split)
 
     def head_steps(params, x, y, num_steps, first_order=False, remat=False):
         body, head = split(params, inner.head)
@@ -82,3 +96,44 @@ def make(loss_fn: LossFn, inner: InnerConfig, query_fn: QueryFn | None = None) -
         return head_steps(params, x, y, 1)
 
     return Algorithm("anil", lambda p: {"params": p}, task_grad, inner_step, make_adapt(inner_step))
+
+
+def _make_split(inner: InnerConfig, fns: HeadSplit) -> Algorithm:
+    """ANIL whose inner steps run the head alone on features the body computes once."""
+
+    def head_steps(head, feats, y, num_steps, first_order=False, remat=False):
+        return run_steps(
+            lambda h, _: sgd_step(fns.loss_fn, h, feats, y, inner.lr, first_order),
+            head,
+            num_steps,
+            remat,
+        )
+
+    def task_grad(meta_params, task: TaskBatch, step):
+        del step
+
+        def objective(params):
+            body, head = split(params, inner.head)
+            head = head_steps(
+                head,
+                fns.features(body, task.support_x),
+                task.support_y,
+                inner.steps,
+                inner.first_order,
+                inner.remat,
+            )
+            return fns.query_fn(head, fns.features(body, task.query_x), task.query_y)
+
+        (loss, metrics), grads = jax.value_and_grad(objective, has_aux=True)(meta_params["params"])
+        return {"params": grads}, (loss, metrics)
+
+    def inner_step(meta_params, params, x, y, j):
+        del meta_params, j
+        body, head = split(params, inner.head)
+        return {**body, inner.head: head_steps(head, fns.features(body, x), y, 1)}
+
+    def adapt(meta_params, x, y, num_steps):
+        body, head = split(meta_params["params"], inner.head)
+        return {**body, inner.head: head_steps(head, fns.features(body, x), y, num_steps)}
+
+    return Algorithm("anil", lambda p: {"params": p}, task_grad, inner_step, adapt)

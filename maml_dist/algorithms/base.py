@@ -20,13 +20,14 @@ know which algorithm it holds.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from maml_dist.types import HEAD, LossFn, MetaParams, Params, QueryFn, TaskBatch
+from maml_dist.types import HEAD, HeadSplit, LossFn, MetaParams, Params, QueryFn, TaskBatch
 
 TaskGrad = tuple[MetaParams, tuple[jax.Array, dict[str, jax.Array]]]
 
@@ -168,3 +169,33 @@ def make_query_fn(
         return task_loss(predictions, y), {n: f(predictions, y) for n, f in scores.items()}
 
     return query_fn
+
+
+def make_head_split(
+    model,
+    task_loss: Callable[[jax.Array, jax.Array], jax.Array],
+    scores: dict[str, Callable[[jax.Array, jax.Array], jax.Array]],
+    head: str = HEAD,
+) -> HeadSplit | None:
+    """The body/head split of a flax module whose `__call__` takes `part` (see models.py).
+
+    Returns None for a module without that argument: ANIL then runs the whole network in
+    every inner step, which gives the same result at more cost.
+    """
+    if "part" not in inspect.signature(model.__call__).parameters:
+        return None
+
+    def features(params, x):
+        return model.apply({"params": params}, x, part="body")
+
+    def head_outputs(head_params, feats):
+        return model.apply({"params": {head: head_params}}, feats, part="head")
+
+    def loss_fn(head_params, feats, y):
+        return task_loss(head_outputs(head_params, feats), y)
+
+    def query_fn(head_params, feats, y):
+        predictions = head_outputs(head_params, feats)
+        return task_loss(predictions, y), {n: f(predictions, y) for n, f in scores.items()}
+
+    return HeadSplit(features, loss_fn, query_fn)
