@@ -42,6 +42,7 @@ class HeadSplit(NamedTuple):
     loss_fn: LossFn
     query_fn: QueryFn
 
+
 # Disjoint key streams. Training, in-training validation and meta-testing draw their tasks
 # from different streams of the seed, so meta-test tasks are never meta-training tasks.
 TRAIN_STREAM = 0

@@ -5,7 +5,8 @@
 values). Measures each algorithm's meta-gradient plus the Adam update, the first
 compile, and XLA's FLOP count of one task's meta-gradient (cost analysis of the vmapped
 meta-gradient over the meta-batch, divided by its size; with one inner step only, as XLA
-counts a loop body once). Configurations run one after another in one process, so compare rows of one run.
+counts a loop body once). Configurations run one after another in one process, so
+compare rows of one run.
 
     python scripts/bench_omniglot_step.py [--reps=5] [--steps=5] [--batchings=vmap,loop,unroll]
         [--conv_impls=xla,im2col] [--algorithms=maml,anil] [--inner_steps=1]
