@@ -53,6 +53,13 @@ def define_runtime_flags() -> None:
     flags.DEFINE_string(
         "coordinator_address", None, "host:port of process 0, for multi-process runs."
     )
+    flags.DEFINE_string(
+        "compile_cache",
+        None,
+        "Folder of JAX's persistent compilation cache, so later runs load compiled steps "
+        "instead of compiling them; 'off' to disable. Default: $JAX_COMPILATION_CACHE_DIR if "
+        "set, else ~/.cache/maml_dist/jax.",
+    )
     flags.DEFINE_integer("num_processes", None, "Number of processes.", lower_bound=1)
     flags.DEFINE_integer("process_id", None, "This process's index.", lower_bound=0)
     flags.DEFINE_integer(
@@ -78,13 +85,14 @@ def start_runtime(prog: str):
     """
     import jax  # the entry points import this module before jax-heavy ones
 
-    from maml_dist import distributed
+    from maml_dist import compile_cache, distributed
     from maml_dist.errors import UserInputError
 
     logging.get_absl_handler().addFilter(_QuietLibraries())
     f = flags.FLAGS
     if f.cpu_devices is not None:
         jax.config.update("jax_num_cpu_devices", f.cpu_devices)
+    compile_cache.enable(compile_cache.resolve(f.compile_cache))
     try:
         started = distributed.initialize(
             f.coordinator_address, f.num_processes, f.process_id, f.heartbeat_timeout

@@ -14,13 +14,19 @@ from configs import sinusoid as sinusoid_config
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def run_module(module, *args, timeout=120):
+def run_module(module, *args, timeout=120, env=None):
     """Runs `python -m module args` from the repository root on CPU, as a user would.
+
+    Args:
+        module: the module to run.
+        *args: its command-line arguments.
+        timeout: seconds before the process is killed (and the test fails).
+        env: variables to set on top of this process's environment.
 
     Returns:
         (the finished process, its stderr lines holding ": error: ").
     """
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})}
     env.pop("XLA_FLAGS", None)
     proc = subprocess.run(
         [sys.executable, "-m", module, *args],

@@ -149,3 +149,43 @@ def test_runs_of_version_0_1_are_named_not_misread(trained, tmp_path):
         assert proc.returncode == 2, proc.stderr[-2000:]
         assert len(errors) == 1 and "holds a run of maml_dist 0.1" in errors[0], errors
     assert _digest(old) == before
+
+
+def test_a_second_run_loads_its_compiled_steps_from_the_compilation_cache(tmp_path):
+    cache = tmp_path / "cache"
+
+    def train(name):
+        proc, _ = _run(
+            "maml_dist.train",
+            TINY,
+            f"--workdir={tmp_path / name}",
+            "--config.num_steps=20",
+            f"--compile_cache={cache}",
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return (tmp_path / name / "metrics.jsonl").read_text()
+
+    first = train("first")
+    entries = sorted(p.name for p in cache.rglob("*") if p.is_file())
+    assert entries, "the first run wrote nothing to the cache"
+    second = train("second")  # same programs: every one a cache hit, nothing new written
+    assert sorted(p.name for p in cache.rglob("*") if p.is_file()) == entries
+    strip = lambda text: [  # noqa: E731
+        {k: v for k, v in json.loads(line).items() if "time" not in k and "per_s" not in k}
+        for line in text.splitlines()
+    ]
+    assert strip(second) == strip(first)
+
+
+def test_compile_cache_off_writes_no_cache(tmp_path):
+    env_cache = tmp_path / "xdg"
+    proc, _ = run_module(
+        "maml_dist.train",
+        TINY,
+        f"--workdir={tmp_path / 'run'}",
+        "--config.num_steps=5",
+        "--compile_cache=off",
+        env={"XDG_CACHE_HOME": str(env_cache)},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (env_cache / "maml_dist" / "jax").exists()
