@@ -12,6 +12,7 @@ from maml_dist.algorithms import (
     Algorithm,
     InnerConfig,
     make_algorithm,
+    make_head_split,
     make_loss_fn,
     make_query_fn,
 )
@@ -21,7 +22,7 @@ from maml_dist.state import TrainState
 from maml_dist.tasks import REGISTRY as TASK_FAMILIES
 from maml_dist.tasks.omniglot import OmniglotFamily
 from maml_dist.tasks.sinusoid import Sinusoid
-from maml_dist.types import TaskBatch
+from maml_dist.types import HeadSplit, TaskBatch
 
 __version__ = "0.2.0"
 
@@ -31,6 +32,7 @@ __all__ = [
     "TASK_FAMILIES",
     "Algorithm",
     "ConvNet",
+    "HeadSplit",
     "InnerConfig",
     "Learner",
     "MetaConfig",
@@ -41,6 +43,7 @@ __all__ = [
     "adapt",
     "evaluate",
     "make_algorithm",
+    "make_head_split",
     "make_learner",
     "make_loss_fn",
     "make_query_fn",
