@@ -32,8 +32,8 @@ class HeadSplit(NamedTuple):
     """A network as body then head, for algorithms that adapt the head alone (ANIL).
 
     Attributes:
-        features: `(params, x) -> features`, the body's output (the head's input); reads
-            every entry of `params` but `params[HEAD]`.
+        features: `(params, x) -> features` (a pytree), the body's output (the head's
+            input); reads every entry of `params` but `params[HEAD]`.
         loss_fn: `(head_params, features, y) -> scalar`, the task loss of the head alone.
         query_fn: `(head_params, features, y) -> (loss, {metric: value})`.
     """

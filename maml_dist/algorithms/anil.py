@@ -20,7 +20,6 @@ from maml_dist.algorithms.base import (
     Algorithm,
     InnerConfig,
     loss_query_fn,
-    make_adapt,
     run_steps,
     sgd_step,
 )
@@ -57,45 +56,25 @@ def make(
         head_split: the network as body then head; with it the body runs once per set.
     """
     query_fn = query_fn or loss_query_fn(loss_fn)
-    if head_split is not None:
-        return _make_split(inner, head_split)
+    return _make_split(inner, head_split or whole_network_split(loss_fn, query_fn, inner.head))
 
-    def head_steps(params, x, y, num_steps, first_order=False, remat=False):
-        body, head = split(params, inner.head)
 
-        def head_loss(h, x, y):
-            return loss_fn({**body, inner.head: h}, x, y)
+def whole_network_split(loss_fn: LossFn, query_fn: QueryFn, head: str) -> HeadSplit:
+    """The split of a network that cannot run its body alone.
 
-        head = run_steps(
-            lambda h, _: sgd_step(head_loss, h, x, y, inner.lr, first_order),
-            head,
-            num_steps,
-            remat,
-        )
-        return {**body, inner.head: head}
+    Its "features" are the body's parameters and the input themselves, so every head step
+    runs the whole network: the same result as a real split, at more cost.
+    """
 
-    def task_grad(meta_params, task: TaskBatch, step):
-        del step
+    def whole(head_params, feats):
+        body, x = feats
+        return {**body, head: head_params}, x
 
-        def objective(params):
-            adapted = head_steps(
-                params,
-                task.support_x,
-                task.support_y,
-                inner.steps,
-                inner.first_order,
-                inner.remat,
-            )
-            return query_fn(adapted, task.query_x, task.query_y)
-
-        (loss, metrics), grads = jax.value_and_grad(objective, has_aux=True)(meta_params["params"])
-        return {"params": grads}, (loss, metrics)
-
-    def inner_step(meta_params, params, x, y, j):
-        del meta_params, j
-        return head_steps(params, x, y, 1)
-
-    return Algorithm("anil", lambda p: {"params": p}, task_grad, inner_step, make_adapt(inner_step))
+    return HeadSplit(
+        features=lambda body, x: (body, x),
+        loss_fn=lambda h, feats, y: loss_fn(*whole(h, feats), y),
+        query_fn=lambda h, feats, y: query_fn(*whole(h, feats), y),
+    )
 
 
 def _make_split(inner: InnerConfig, fns: HeadSplit) -> Algorithm:
