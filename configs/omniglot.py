@@ -60,7 +60,7 @@ def get_config(variant: str | None = "5w1s") -> ml_collections.ConfigDict:
     c.num_steps = 60_000
     c.meta_batch_size = meta_batch
     c.pad_meta_batch = False
-    # The meta-learning algorithm: maml | fomaml | metasgd | anil | reptile | imaml.
+    # The meta-learning algorithm: maml | fomaml | metasgd | anil | reptile | imaml | mamlpp.
     c.algorithm = "maml"
     c.inner_steps = inner_steps
     c.inner_lr = inner_lr
@@ -71,9 +71,20 @@ def get_config(variant: str | None = "5w1s") -> ml_collections.ConfigDict:
     # iMAML: inner steps backtrack from inner_lr up to this many halvings (0: fixed steps,
     # which diverge on the sinusoid problem; README, "Algorithms").
     c.imaml_line_search = 8
+    # MAML++ (algorithm "mamlpp"; README, "MAML++"): each change a switch, for ablations.
+    # -1: the anneal over 10% of num_steps, first order for the first third of them.
+    c.mamlpp = ml_collections.ConfigDict()
+    c.mamlpp.msl = True  # multi-step loss: the query loss after every inner step, weighted
+    c.mamlpp.msl_anneal_steps = -1  # meta-steps until the last step's loss alone counts
+    c.mamlpp.lslr = True  # learned inner rates, one per parameter tensor and inner step
+    c.mamlpp.doa_steps = -1  # derivative-order annealing: first order before this step
     c.task_batching = "auto"
     c.reduction = "sum"
     c.meta_lr = 1e-3
+    # "auto": cosine-annealed to meta_lr_min over num_steps for mamlpp (MAML++), constant
+    # for every other algorithm; or "constant" | "cosine".
+    c.meta_lr_schedule = "auto"
+    c.meta_lr_min = 1e-5
     c.grad_clip_norm = 0.0
 
     c.log_every = 100
@@ -88,6 +99,10 @@ def get_config(variant: str | None = "5w1s") -> ml_collections.ConfigDict:
     c.model.filters = 64
     c.model.blocks = 4
     c.model.conv_impl = "auto"
+    # "auto": "per_step_running" for mamlpp, "transductive" (MAML's) otherwise; or "none".
+    # README, "Batch norm", says what each means for the evaluation protocol.
+    c.model.bn_mode = "auto"
+    c.bn_momentum = 0.1  # per-step running statistics: moving-average rate per meta-step
 
     c.omniglot = ml_collections.ConfigDict()
     c.omniglot.sets = ("images_background", "images_evaluation")

@@ -39,7 +39,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.shots = 10
     c.num_query = 10
 
-    # The meta-learning algorithm: maml | fomaml | metasgd | anil | reptile | imaml.
+    # The meta-learning algorithm: maml | fomaml | metasgd | anil | reptile | imaml | mamlpp.
     c.algorithm = "maml"
     c.inner_steps = 1
     c.inner_lr = 0.01
@@ -50,6 +50,13 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     # iMAML: inner steps backtrack from inner_lr up to this many halvings (0: fixed steps,
     # which diverge on the sinusoid problem; README, "Algorithms").
     c.imaml_line_search = 8
+    # MAML++ (algorithm "mamlpp"; README, "MAML++"): each change a switch, for ablations.
+    # -1: the anneal over 10% of num_steps, first order for the first third of them.
+    c.mamlpp = ml_collections.ConfigDict()
+    c.mamlpp.msl = True  # multi-step loss: the query loss after every inner step, weighted
+    c.mamlpp.msl_anneal_steps = -1  # meta-steps until the last step's loss alone counts
+    c.mamlpp.lslr = True  # learned inner rates, one per parameter tensor and inner step
+    c.mamlpp.doa_steps = -1  # derivative-order annealing: first order before this step
 
     # How a device runs its tasks ("vmap" | "loop" | "unroll") and how devices combine them
     # ("sum" | "ordered": bit-identical results for any device count). README, "Sharding".
@@ -57,6 +64,10 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.reduction = "sum"
 
     c.meta_lr = 1e-3
+    # "auto": cosine-annealed to meta_lr_min over num_steps for mamlpp (MAML++), constant
+    # for every other algorithm; or "constant" | "cosine".
+    c.meta_lr_schedule = "auto"
+    c.meta_lr_min = 1e-5
     c.grad_clip_norm = 0.0  # 0 disables global-norm clipping.
 
     c.log_every = 500

@@ -23,7 +23,7 @@ import optax
 
 from maml_dist import algorithms, meta_test, parallel
 from maml_dist import state as state_lib
-from maml_dist.problem import family_functions, family_head_split
+from maml_dist.problem import family_functions, family_head_split, family_step_net
 from maml_dist.tasks.base import TaskFamily
 from maml_dist.types import TEST_STREAM, LossFn, QueryFn, TaskBatch
 
@@ -39,6 +39,8 @@ class MetaConfig:
         shots: support points (regression) or images per class (classification).
         num_query: query points, or query images per class.
         meta_lr: Adam's learning rate on the meta-parameters.
+        bn_momentum: the running statistics' moving-average rate, for networks with
+            per-step batch norm (MAML++).
         seed: initialisation and task-stream seed.
     """
 
@@ -48,6 +50,7 @@ class MetaConfig:
     shots: int = 10
     num_query: int = 10
     meta_lr: float = 1e-3
+    bn_momentum: float = 0.1
     seed: int = 0
 
 
@@ -98,7 +101,9 @@ def make_learner(
         config: the run's settings.
         family: the task distribution (e.g. `Sinusoid()`).
         model: the network; default `family.make_model()`.
-        tx: the meta-optimiser; default `optax.adam(config.meta_lr)`.
+        tx: the meta-optimiser; default `optax.adam(config.meta_lr)`. With per-step
+            batch norm, it gets the learned meta-parameters and a moving average the
+            running statistics (`state.with_running_average`).
         devices: devices the meta-batch is split over; default every device.
 
     Returns:
@@ -107,8 +112,16 @@ def make_learner(
     model = model or family.make_model()
     tx = tx or optax.adam(config.meta_lr)
     loss_fn, score_fn, query_fn = family_functions(family, model)
+    step_net = family_step_net(family, model)
+    if step_net.per_step:
+        tx = state_lib.with_running_average(tx, config.bn_momentum)
     algorithm = algorithms.make_algorithm(
-        config.algorithm, loss_fn, config.inner, query_fn, family_head_split(family, model)
+        config.algorithm,
+        loss_fn,
+        config.inner,
+        query_fn,
+        family_head_split(family, model),
+        step_net,
     )
     mesh = parallel.make_mesh(devices)
     replicated = parallel.replicated(mesh)

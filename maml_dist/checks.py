@@ -12,6 +12,8 @@ import ml_collections
 from maml_dist import algorithms
 from maml_dist.errors import UserInputError
 from maml_dist.parallel import AUTO, BATCHINGS, REDUCTIONS
+from maml_dist.problem import MAMLPP_DEFAULTS
+from maml_dist.state import SCHEDULES, resolve_schedule
 
 __all__ = ["UserInputError", "check_meta_batch", "check_resume_compatible", "validate_config"]
 
@@ -70,10 +72,50 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                 f"config.{name} must be one of {', '.join(map(repr, allowed))}, got "
                 f"{config[name]!r}; pass e.g. --config.{name}={allowed[0]}"
             )
+    _validate_mamlpp(config)
     if config.grad_clip_norm < 0:
         raise UserInputError(
             f"config.grad_clip_norm must be >= 0 (0 disables clipping), got {config.grad_clip_norm}"
         )
+
+
+def _validate_mamlpp(config: ml_collections.ConfigDict) -> None:
+    """Checks MAML++'s switches, the meta learning-rate schedule and the batch-norm rate."""
+    schedule = config.get("meta_lr_schedule", "auto")
+    if schedule not in ("auto", *SCHEDULES):
+        raise UserInputError(
+            f"config.meta_lr_schedule must be 'auto', 'constant' or 'cosine', got {schedule!r}; "
+            f"pass e.g. --config.meta_lr_schedule=cosine"
+        )
+    floats = [("meta_lr_min", 1e-5)] + ([("bn_momentum", 0.1)] if "bn_momentum" in config else [])
+    for name, example in floats:
+        value = config.get(name, example)
+        if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+            raise UserInputError(
+                f"config.{name} must be a positive finite number, got {value!r}; "
+                f"pass e.g. --config.{name}={example}"
+            )
+    if config.get("bn_momentum", 0.1) > 1:
+        raise UserInputError(
+            f"config.bn_momentum must be in (0, 1], got {config.bn_momentum}; "
+            f"pass e.g. --config.bn_momentum=0.1"
+        )
+    for name, value in config.get("mamlpp", {}).items():
+        if name not in MAMLPP_DEFAULTS:
+            raise UserInputError(
+                f"config.mamlpp has no field {name!r}; its fields are {', '.join(MAMLPP_DEFAULTS)}"
+            )
+        if isinstance(MAMLPP_DEFAULTS[name], bool):
+            if not isinstance(value, bool):
+                raise UserInputError(
+                    f"config.mamlpp.{name} must be True or False, got {value!r}; "
+                    f"pass e.g. --config.mamlpp.{name}=False"
+                )
+        elif isinstance(value, bool) or not isinstance(value, int) or value < -1:
+            raise UserInputError(
+                f"config.mamlpp.{name} must be a meta-step count >= 0, or -1 for the default "
+                f"fraction of num_steps, got {value!r}; pass e.g. --config.mamlpp.{name}=100"
+            )
 
 
 def check_meta_batch(meta_batch_size: int, num_devices: int, pad: bool) -> None:
@@ -126,6 +168,22 @@ RESUMABLE_CHANGES = frozenset(
 )
 
 
+# Fields added after maml_dist 0.2.0, with the values that reproduce what older runs did;
+# conv-net configs (their model has `filters`) also got the batch-norm fields.
+LATER_FIELDS = {"meta_lr_schedule": "auto", "meta_lr_min": 1e-5, "mamlpp": MAMLPP_DEFAULTS}
+LATER_CONV_FIELDS = {"bn_momentum": 0.1}
+LATER_CONV_MODEL_FIELDS = {"bn_mode": "auto"}
+
+
+def _with_later_fields(saved: dict) -> dict:
+    """A saved config with the fields it predates filled in, so older runs resume."""
+    out = {**LATER_FIELDS, **saved}
+    model = saved.get("model")
+    if isinstance(model, dict) and "filters" in model:
+        out = {**LATER_CONV_FIELDS, **out, "model": {**LATER_CONV_MODEL_FIELDS, **model}}
+    return out
+
+
 def check_run_format(saved: dict, workdir: str) -> None:
     """Checks that the run in `workdir` (its saved config `saved`) was written by this version.
 
@@ -149,10 +207,15 @@ def check_resume_compatible(saved: dict, config: ml_collections.ConfigDict) -> N
         UserInputError: naming the fields that differ, if any would change the training.
     """
     current = json.loads(config.to_json())
+    saved = _with_later_fields(saved)
+    resumable = RESUMABLE_CHANGES
+    if config.algorithm == "mamlpp" or resolve_schedule(config) == "cosine":
+        # Their schedules (cosine decay, MSL annealing, DOA) are fractions of num_steps.
+        resumable = resumable - {"num_steps"}
     differing = sorted(
         k
         for k in set(saved) | set(current)
-        if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)
+        if k not in resumable and saved.get(k) != current.get(k)
     )
     if differing:
         first = differing[0]

@@ -93,6 +93,5 @@ def adapted_predictions(
 ):
     """Predictions on `grid` before and after `steps` inner steps on one task's support set."""
     adapted = algorithm.adapt(meta_params, task.support_x, task.support_y, steps)
-    before = model.apply({"params": meta_params["params"]}, grid)
-    after = model.apply({"params": adapted}, grid)
-    return before, after
+    apply = algorithms.make_apply(model)
+    return apply(meta_params["params"], grid, 0), apply(adapted, grid, steps)

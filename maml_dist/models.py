@@ -15,12 +15,33 @@ CONV_IMPLS = ("xla", "im2col", "auto")
 # the head's input), or the head alone on the body's output. ANIL adapts the head on
 # features the body computes once per task (`maml_dist.algorithms.anil`).
 PARTS = ("all", "body", "head")
+# How a conv net normalises (README, "Batch norm"): "transductive" normalises every set
+# with its own batch statistics (MAML's, and this project's default); "per_step_running"
+# keeps a scale, offset and running statistics per inner step (MAML++), normalising with
+# batch statistics in meta-training and with the running ones at meta-test, so a query is
+# classified the same alone or in a batch; "none" has no normalisation layer.
+BN_MODES = ("transductive", "per_step_running", "none")
+# Running statistics are leaves of `params` with these names (see StepNorm).
+RUNNING_STATS = ("running_mean", "running_var")
+# The flax collection a StepNorm in training mode sows its batch statistics into.
+STEP_STATS = "step_stats"
 
 
 def check_part(part: str) -> None:
     """Raises ValueError unless `part` is one of PARTS (a programming error, not user input)."""
     if part not in PARTS:
         raise ValueError(f"part must be one of {PARTS}, got {part!r}")
+
+
+def resolve_bn_mode(name: str, algorithm: str) -> str:
+    """The batch-norm mode to use: `name`, or for "auto" the algorithm's own.
+
+    "auto" is "per_step_running" for "mamlpp" (MAML++) and "transductive" (MAML's) for
+    every other algorithm.
+    """
+    if name != "auto":
+        return name
+    return "per_step_running" if algorithm == "mamlpp" else "transductive"
 
 
 def resolve_conv_impl(name: str, backend: str | None = None) -> str:
@@ -93,6 +114,51 @@ class BatchStatNorm(nn.Module):
         return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + offset
 
 
+class StepNorm(nn.Module):
+    """Batch norm with a scale, offset and running statistics per inner step (MAML++).
+
+    `step` is the number of inner updates the parameters being evaluated have had; steps
+    past the last slot use the last one. In training (`train=True`) the layer normalises
+    with the batch's own statistics and sows them into the STEP_STATS collection, for the
+    meta-optimiser to average into the running ones; at meta-test it normalises with the
+    running statistics of its step, so each example is normalised independently of the
+    others in its set.
+
+    The running statistics are `params` leaves (RUNNING_STATS), not a separate flax
+    collection, so every function of the parameters (inner steps, evaluation) sees them.
+    They pass through `stop_gradient`: an inner SGD step leaves them exactly unchanged, and
+    the meta-optimiser replaces their (zero) gradient with an exponential moving average
+    (`maml_dist.state.running_average`).
+
+    Attributes:
+        slots: number of per-step slots (training inner steps + 1).
+        epsilon: added to the variance.
+    """
+
+    slots: int
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array, step, train: bool) -> jax.Array:
+        """Normalises (..., H, W, C) over all but the channel axis with step `step`'s slot."""
+        shape = (self.slots, x.shape[-1])
+        scale = self.param("scale", nn.initializers.ones, shape)
+        offset = self.param("offset", nn.initializers.zeros, shape)
+        running_mean = self.param(RUNNING_STATS[0], nn.initializers.zeros, shape)
+        running_var = self.param(RUNNING_STATS[1], nn.initializers.ones, shape)
+        slot = jnp.minimum(step, self.slots - 1)
+        if train:
+            axes = tuple(range(x.ndim - 1))
+            mean = x.mean(axes)
+            var = jnp.mean(jnp.square(x - mean), axes)
+            self.sow(STEP_STATS, "mean", jax.lax.stop_gradient(mean))
+            self.sow(STEP_STATS, "var", jax.lax.stop_gradient(var))
+        else:
+            mean = jax.lax.stop_gradient(running_mean[slot])
+            var = jax.lax.stop_gradient(running_var[slot])
+        return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale[slot] + offset[slot]
+
+
 class PatchConv(nn.Module):
     """A 3x3 "SAME" convolution computed as image patches times a matrix (im2col).
 
@@ -138,20 +204,28 @@ class ConvNet(nn.Module):
         blocks: number of conv blocks (4).
         conv_impl: "xla" (`nn.Conv`) or "im2col" (`PatchConv`: same parameters and
             outputs, much faster under loops on XLA:CPU).
+        bn_mode: one of BN_MODES.
+        bn_slots: per-step slots of "per_step_running" (training inner steps + 1).
     """
 
     num_classes: int
     filters: int = 64
     blocks: int = 4
     conv_impl: str = "xla"
+    bn_mode: str = "transductive"
+    bn_slots: int = 2
 
     @nn.compact
-    def __call__(self, x: jax.Array, part: str = "all") -> jax.Array:
+    def __call__(
+        self, x: jax.Array, part: str = "all", step: jax.Array | int = 0, train: bool = False
+    ) -> jax.Array:
         """(B, H, W, 1) images (uint8 ink 0-255, or floats in [0, 1]) -> (B, num_classes).
 
         Args:
             x: images, or for `part="head"` the body's (B, features) output.
             part: "all"; "body" (the flattened features the head reads); "head".
+            step: inner updates the parameters have had (selects "per_step_running" slots).
+            train: "per_step_running" normalises with batch statistics and sows them.
         """
         check_part(part)
         if part != "head":
@@ -166,7 +240,11 @@ class ConvNet(nn.Module):
                     x = nn.Conv(self.filters, (3, 3), strides=2, padding="SAME", name=f"Conv_{i}")(
                         x
                     )
-                x = nn.relu(BatchStatNorm(name=f"BatchStatNorm_{i}")(x))
+                if self.bn_mode == "transductive":
+                    x = BatchStatNorm(name=f"BatchStatNorm_{i}")(x)
+                elif self.bn_mode == "per_step_running":
+                    x = StepNorm(self.bn_slots, name=f"StepNorm_{i}")(x, step, train)
+                x = nn.relu(x)
             x = x.reshape(x.shape[0], -1)
         if part == "body":
             return x

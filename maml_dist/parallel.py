@@ -14,6 +14,7 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from maml_dist import state as state_lib
 from maml_dist.algorithms import Algorithm
 from maml_dist.state import TrainState
 from maml_dist.types import TRAIN_STREAM, QueryFn, TaskBatch, stream_key, task_key
@@ -279,7 +280,8 @@ def make_train_step(meta_grad_fn: Callable, tx: optax.GradientTransformation) ->
         grads = jax.lax.optimization_barrier(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.meta_params)
         meta_params = optax.apply_updates(state.meta_params, updates)
-        metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
+        # Running batch-norm statistics travel as "gradients" (state.running_average).
+        metrics = {**metrics, "grad_norm": optax.tree.norm(state_lib.learned(grads))}
         state = TrainState(step=state.step + 1, meta_params=meta_params, opt_state=opt_state)
         return state, metrics
 

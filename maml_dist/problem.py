@@ -68,6 +68,25 @@ class Problem:
         return sampler.batch(seed, stream, 0, range(num_tasks))
 
 
+# MAML++'s switches, for configs written before MAML++ existed (which all ran MAML).
+MAMLPP_DEFAULTS = {"msl": True, "msl_anneal_steps": -1, "lslr": True, "doa_steps": -1}
+# What "-1" (auto) means for MAML++'s schedules, as fractions of num_steps: the paper's
+# code anneals the multi-step loss over 10 of its 100 epochs (Omniglot configs) and its
+# paper trains first order for the first 50 of 150 epochs.
+MSL_ANNEAL_FRACTION = 0.1
+DOA_FRACTION = 1 / 3
+
+
+def mamlpp_settings(config: ml_collections.ConfigDict) -> dict:
+    """MAML++'s switches of `config.mamlpp`, with "-1" schedules resolved against num_steps."""
+    settings = {**MAMLPP_DEFAULTS, **config.get("mamlpp", {})}
+    if settings["msl_anneal_steps"] < 0:
+        settings["msl_anneal_steps"] = round(MSL_ANNEAL_FRACTION * config.num_steps)
+    if settings["doa_steps"] < 0:
+        settings["doa_steps"] = round(DOA_FRACTION * config.num_steps)
+    return settings
+
+
 def inner_config(config: ml_collections.ConfigDict) -> algorithms.InnerConfig:
     """The algorithm settings of a config."""
     return algorithms.InnerConfig(
@@ -78,6 +97,7 @@ def inner_config(config: ml_collections.ConfigDict) -> algorithms.InnerConfig:
         imaml_lambda=config.imaml_lambda,
         cg_steps=config.cg_steps,
         line_search=config.imaml_line_search,
+        **mamlpp_settings(config),
     )
 
 
@@ -104,6 +124,14 @@ def family_head_split(family: TaskFamily, model: nn.Module) -> HeadSplit | None:
     )
 
 
+def family_step_net(family: TaskFamily, model: nn.Module) -> algorithms.StepNet:
+    """A family's network in meta-training mode (MAML++'s per-step batch norm)."""
+    regression = family.kind == "regression"
+    return algorithms.make_step_net(
+        model, family.loss, {} if regression else {family.metric: family.score}
+    )
+
+
 def make_problem(config: ml_collections.ConfigDict) -> Problem:
     """Builds the Problem of `config` (`task`, `model`, `algorithm`, `shots`, `num_query`)."""
     family = tasks.make_task_family(config)
@@ -126,6 +154,7 @@ def make_problem(config: ml_collections.ConfigDict) -> Problem:
             inner_config(config),
             query_fn,
             family_head_split(family, model),
+            family_step_net(family, model),
         ),
         sample_fn=None if family.host_sampled else sample_fn,
     )

@@ -10,6 +10,8 @@ import ml_collections
 import optax
 from flax import struct
 
+from maml_dist import models
+
 
 @struct.dataclass
 class TrainState:
@@ -29,20 +31,105 @@ class TrainState:
     opt_state: Any
 
 
+SCHEDULES = ("constant", "cosine")
+
+
+def resolve_schedule(config: ml_collections.ConfigDict) -> str:
+    """The meta learning-rate schedule of `config`, "auto" resolved.
+
+    "auto" (and runs older than the field) is "cosine" for MAML++ and "constant" (MAML's)
+    for every other algorithm.
+    """
+    name = config.get("meta_lr_schedule", "auto")
+    if name != "auto":
+        return name
+    return "cosine" if config.algorithm == "mamlpp" else "constant"
+
+
+def resolve_bn_mode(config: ml_collections.ConfigDict) -> str:
+    """The batch-norm mode of the config's network ("transductive" where it has no field)."""
+    model = config.get("model", {})
+    return models.resolve_bn_mode(model.get("bn_mode", "transductive"), config.algorithm)
+
+
+def meta_lr_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+    """The meta learning rate: constant, or cosine-annealed (MAML++).
+
+    The cosine schedule goes from `meta_lr` at step 0 to `meta_lr_min` at `num_steps`.
+    """
+    if resolve_schedule(config) == "constant":
+        return optax.constant_schedule(config.meta_lr)
+    return optax.cosine_decay_schedule(
+        config.meta_lr, config.num_steps, alpha=config.meta_lr_min / config.meta_lr
+    )
+
+
+def is_running_stat(path) -> bool:
+    """Whether a meta-parameter path leads to a per-step batch norm's running statistic.
+
+    Only those under "params"; LSLR's rates for them, under "inner_lr", are learned leaves.
+    """
+    keys = [getattr(k, "key", None) for k in path]
+    return len(keys) > 1 and keys[0] == "params" and keys[-1] in models.RUNNING_STATS
+
+
+def learned(tree):
+    """`tree` with the running statistics' entries zeroed: what gradient norms measure."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: jnp.zeros_like(x) if is_running_stat(path) else x, tree
+    )
+
+
+def running_average(momentum: float) -> optax.GradientTransformation:
+    """Turns batch statistics into an exponential moving average of them.
+
+    The "gradient" of a running statistic is the meta-batch's mean batch statistic `s`
+    (`maml_dist.algorithms.mamlpp`); the update `momentum * (s - p)` makes the new value
+    `(1 - momentum) * p + momentum * s`.
+    """
+
+    def init(params):
+        del params
+        return optax.EmptyState()
+
+    def update(updates, state, params=None):
+        return jax.tree.map(lambda s, p: momentum * (s - p), updates, params), state
+
+    return optax.GradientTransformation(init, update)
+
+
+def with_running_average(
+    tx: optax.GradientTransformation, momentum: float
+) -> optax.GradientTransformation:
+    """`tx` on the learned meta-parameters, `running_average` on the running statistics."""
+
+    def labels(meta_params):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: "running" if is_running_stat(path) else "learned", meta_params
+        )
+
+    return optax.multi_transform({"learned": tx, "running": running_average(momentum)}, labels)
+
+
 def make_meta_optimizer(
     config: ml_collections.ConfigDict,
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Adam on the meta-gradient, optionally after global-norm clipping.
 
+    With per-step batch norm, the running statistics get `running_average` instead
+    (`config.bn_momentum`), outside the clipping.
+
     Returns:
         (transform, schedule): the optax transform and its learning-rate schedule, which the
         trainer logs.
     """
-    schedule = optax.constant_schedule(config.meta_lr)
-    adam = optax.adam(schedule)
+    schedule = meta_lr_schedule(config)
+    tx = optax.adam(schedule)
     if config.grad_clip_norm > 0:
-        return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adam), schedule
-    return adam, schedule
+        tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
+    if resolve_bn_mode(config) == "per_step_running":
+        tx = with_running_average(tx, config.bn_momentum)
+    return tx, schedule
 
 
 def create_train_state(

@@ -6,17 +6,21 @@ Every algorithm is built by `make(loss_fn, inner, query_fn)` from its module and
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
-from maml_dist.algorithms import anil, imaml, maml, metasgd, reptile
+from maml_dist.algorithms import anil, imaml, maml, mamlpp, metasgd, reptile
 from maml_dist.algorithms.base import (
     Algorithm,
     InnerConfig,
+    StepNet,
     adaptation_curve,
     loss_query_fn,
+    make_apply,
     make_head_split,
     make_loss_fn,
     make_query_fn,
+    make_step_net,
     sgd_step,
 )
 from maml_dist.errors import UserInputError
@@ -29,25 +33,32 @@ REGISTRY: dict[str, Callable[..., Algorithm]] = {
     "anil": anil.make,
     "reptile": reptile.make,
     "imaml": imaml.make,
+    "mamlpp": mamlpp.make,
 }
 
 __all__ = [
     "REGISTRY",
     "Algorithm",
     "InnerConfig",
+    "StepNet",
     "UserInputError",
     "adaptation_curve",
     "loss_query_fn",
     "make_algorithm",
+    "make_apply",
     "make_head_split",
     "make_loss_fn",
     "make_query_fn",
+    "make_step_net",
     "sgd_step",
 ]
 
 
 # The algorithms that adapt the network's head alone, and so can use its body/head split.
 USES_HEAD_SPLIT = frozenset({"anil"})
+# MAML and first-order MAML on a network with per-step batch norm are MAML++ with its other
+# switches off: the only implementation that carries per-step state through the inner loop.
+_AS_MAMLPP = {"maml": False, "fomaml": True}
 
 
 def make_algorithm(
@@ -56,6 +67,7 @@ def make_algorithm(
     inner: InnerConfig,
     query_fn: QueryFn | None = None,
     head_split: HeadSplit | None = None,
+    step_net: StepNet | None = None,
 ) -> Algorithm:
     """Builds the registered algorithm `name`.
 
@@ -66,9 +78,13 @@ def make_algorithm(
         query_fn: `(params, x, y) -> (loss, metrics)` on the query set; default the loss.
         head_split: the network as body then head (`make_head_split`), for the
             algorithms in USES_HEAD_SPLIT; ignored by the others.
+        step_net: the network in meta-training mode (`make_step_net`), for MAML++; with
+            per-step batch norm also for MAML and first-order MAML (run as MAML++ with
+            its other switches off). Ignored by the others.
 
     Raises:
-        UserInputError: if no algorithm has that name.
+        UserInputError: if no algorithm has that name, or the network has per-step batch
+            norm and the algorithm cannot carry it.
     """
     try:
         factory = REGISTRY[name]
@@ -77,6 +93,20 @@ def make_algorithm(
             f"unknown algorithm {name!r}; choose one of {', '.join(REGISTRY)} "
             f"(--config.algorithm=NAME)"
         ) from None
+    per_step = step_net is not None and step_net.per_step
+    if per_step and name in _AS_MAMLPP:
+        first_order = _AS_MAMLPP[name] or inner.first_order
+        plain = dataclasses.replace(
+            inner, msl=False, lslr=False, doa_steps=0, first_order=first_order
+        )
+        return mamlpp.make(loss_fn, plain, query_fn, step_net)._replace(name=name)
+    if per_step and name != "mamlpp":
+        raise UserInputError(
+            f"algorithm {name!r} cannot carry per-step batch-norm state; pass "
+            f"--config.model.bn_mode=transductive (or none), or use maml, fomaml or mamlpp"
+        )
+    if name == "mamlpp":
+        return factory(loss_fn, inner, query_fn, step_net)
     if name in USES_HEAD_SPLIT:
         return factory(loss_fn, inner, query_fn, head_split)
     return factory(loss_fn, inner, query_fn)

@@ -15,6 +15,9 @@ know which algorithm it holds.
 - `adapt(meta_params, x, y, num_steps) -> params`: `num_steps` inner steps from the
   meta-learned initialisation: what the trainer's validation, the evaluator and a notebook
   use at meta-test time.
+- `per_step`: whether the network's outputs depend on how many inner steps its parameters
+  have had (MAML++'s per-step batch norm); evaluation then calls each metric as
+  `metric(params, x, y, step)`.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from maml_dist.models import STEP_STATS
 from maml_dist.types import HEAD, HeadSplit, LossFn, MetaParams, Params, QueryFn, TaskBatch
 
 TaskGrad = tuple[MetaParams, tuple[jax.Array, dict[str, jax.Array]]]
@@ -41,6 +45,7 @@ class Algorithm(NamedTuple):
         task_grad: `(meta_params, task, step) -> (grads, (query_loss, query_metrics))`.
         inner_step: `(meta_params, params, x, y, j) -> params`, one meta-test inner step.
         adapt: `(meta_params, x, y, num_steps) -> params`.
+        per_step: metrics take the parameters' inner-step count as a 4th argument.
     """
 
     name: str
@@ -48,6 +53,23 @@ class Algorithm(NamedTuple):
     task_grad: Callable[[MetaParams, TaskBatch, Any], TaskGrad]
     inner_step: Callable[[MetaParams, Params, jax.Array, jax.Array, Any], Params]
     adapt: Callable[[MetaParams, jax.Array, jax.Array, int], Params]
+    per_step: bool = False
+
+
+class StepNet(NamedTuple):
+    """A network in meta-training mode, evaluated at an inner step (MAML++).
+
+    Attributes:
+        loss_fn: `(params, x, y, step) -> (loss, stats)`.
+        query_fn: `(params, x, y, step) -> ((loss, metrics), stats)`.
+        per_step: whether the network has per-step batch norm: `stats` then holds each
+            layer's batch statistics (the STEP_STATS collection) and the network's outputs
+            depend on `step`; otherwise `stats` is empty and `step` is ignored.
+    """
+
+    loss_fn: Callable
+    query_fn: Callable
+    per_step: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +87,13 @@ class InnerConfig:
         line_search: iMAML's inner steps try rates lr, lr/2, ... (this many) and take the
             first that decreases the proximal objective enough (Armijo); 0: always lr.
         head: ANIL's adapted subtree: the top-level key of the network's head in `params`.
+        msl: MAML++'s multi-step loss: the meta-objective weighs the query loss after
+            every inner step (`mamlpp.msl_weights`).
+        msl_anneal_steps: meta-steps over which the MSL weights move from uniform to the
+            last step; the last step alone after that.
+        lslr: MAML++'s learned per-layer per-step inner learning rates.
+        doa_steps: MAML++'s derivative-order annealing: first order for the meta-steps
+            before this one, second order from it on (0: second order throughout).
     """
 
     lr: float = 0.01
@@ -75,6 +104,10 @@ class InnerConfig:
     cg_steps: int = 5
     line_search: int = 8
     head: str = HEAD
+    msl: bool = True
+    msl_anneal_steps: int = 0
+    lslr: bool = True
+    doa_steps: int = 0
 
 
 def loss_query_fn(loss_fn: LossFn) -> QueryFn:
@@ -136,23 +169,44 @@ def adaptation_curve(
         Array of shape (steps + 1, len(metrics)).
     """
 
-    def scores(p):
-        return jnp.stack([m(p, task.query_x, task.query_y) for m in metrics])
+    def scores(p, j):
+        step = (j,) if algorithm.per_step else ()
+        return jnp.stack([m(p, task.query_x, task.query_y, *step) for m in metrics])
 
     def body(p, j):
-        query = scores(p)
+        query = scores(p, j)
         p = algorithm.inner_step(meta_params, p, task.support_x, task.support_y, j)
         return p, query
 
     final, history = jax.lax.scan(body, meta_params["params"], jnp.arange(steps))
-    return jnp.concatenate([history, scores(final)[None]])
+    return jnp.concatenate([history, scores(final, steps)[None]])
+
+
+def _takes(model, argument: str) -> bool:
+    return argument in inspect.signature(model.__call__).parameters
+
+
+def make_apply(model) -> Callable:
+    """`(params, x, step=0) -> outputs` of a flax module at meta-test (no training mode).
+
+    `step` (the parameters' inner-step count) reaches modules whose `__call__` takes it
+    (per-step batch norm, see models.ConvNet); others ignore it.
+    """
+    takes_step = _takes(model, "step")
+
+    def apply(params, x, step=0):
+        kwargs = {"step": step} if takes_step else {}
+        return model.apply({"params": params}, x, **kwargs)
+
+    return apply
 
 
 def make_loss_fn(model, task_loss: Callable[[jax.Array, jax.Array], jax.Array]) -> LossFn:
-    """Builds `loss_fn(params, x, y)` from a flax module and a task's loss on predictions."""
+    """Builds `loss_fn(params, x, y, step=0)` from a flax module and a task's loss."""
+    apply = make_apply(model)
 
-    def loss_fn(params, x, y):
-        return task_loss(model.apply({"params": params}, x), y)
+    def loss_fn(params, x, y, step=0):
+        return task_loss(apply(params, x, step), y)
 
     return loss_fn
 
@@ -162,13 +216,52 @@ def make_query_fn(
     task_loss: Callable[[jax.Array, jax.Array], jax.Array],
     scores: dict[str, Callable[[jax.Array, jax.Array], jax.Array]],
 ) -> QueryFn:
-    """Builds `(params, x, y) -> (loss, {name: score})`, all from one forward pass."""
+    """Builds `(params, x, y, step=0) -> (loss, {name: score})`, from one forward pass."""
+    apply = make_apply(model)
 
-    def query_fn(params, x, y):
-        predictions = model.apply({"params": params}, x)
+    def query_fn(params, x, y, step=0):
+        predictions = apply(params, x, step)
         return task_loss(predictions, y), {n: f(predictions, y) for n, f in scores.items()}
 
     return query_fn
+
+
+def make_step_net(
+    model,
+    task_loss: Callable[[jax.Array, jax.Array], jax.Array],
+    scores: dict[str, Callable[[jax.Array, jax.Array], jax.Array]],
+) -> StepNet:
+    """The meta-training functions of a flax module, for MAML++ (see StepNet).
+
+    A module with per-step batch norm (`bn_mode="per_step_running"`) runs in training mode
+    and returns the batch statistics it sowed; any other module runs as at meta-test.
+    """
+    per_step = getattr(model, "bn_mode", None) == "per_step_running"
+
+    def outputs(params, x, step):
+        if not per_step:
+            return make_apply(model)(params, x, step), {}
+        predictions, sown = model.apply(
+            {"params": params}, x, step=step, train=True, mutable=[STEP_STATS]
+        )
+        # sow appends to a tuple; each layer is called once per forward pass.
+        stats = jax.tree.map(lambda t: t[0], sown[STEP_STATS], is_leaf=_is_tuple)
+        return predictions, stats
+
+    def loss_fn(params, x, y, step):
+        predictions, stats = outputs(params, x, step)
+        return task_loss(predictions, y), stats
+
+    def query_fn(params, x, y, step):
+        predictions, stats = outputs(params, x, step)
+        metrics = {n: f(predictions, y) for n, f in scores.items()}
+        return (task_loss(predictions, y), metrics), stats
+
+    return StepNet(loss_fn, query_fn, per_step)
+
+
+def _is_tuple(x) -> bool:
+    return isinstance(x, tuple)
 
 
 def make_head_split(
@@ -182,7 +275,7 @@ def make_head_split(
     Returns None for a module without that argument: ANIL then runs the whole network in
     every inner step, which gives the same result at more cost.
     """
-    if "part" not in inspect.signature(model.__call__).parameters:
+    if not _takes(model, "part"):
         return None
 
     def features(params, x):

@@ -42,6 +42,11 @@ class OmniglotFamily:
         self.filters = config.model.filters
         self.blocks = config.model.blocks
         self.conv_impl = config.model.conv_impl
+        # Runs written before batch-norm modes existed have no such field.
+        self.bn_mode = models.resolve_bn_mode(
+            config.model.get("bn_mode", "transductive"), config.algorithm
+        )
+        self.bn_slots = config.inner_steps + 1
         if self.options.split not in SPLITS:
             raise UserInputError(
                 f"config.omniglot.split must be one of {', '.join(map(repr, SPLITS))}, got "
@@ -51,6 +56,11 @@ class OmniglotFamily:
             raise UserInputError(
                 f"config.model.conv_impl must be one of {', '.join(map(repr, models.CONV_IMPLS))}"
                 f", got {self.conv_impl!r}"
+            )
+        if self.bn_mode not in models.BN_MODES:
+            raise UserInputError(
+                f"config.model.bn_mode must be 'auto' or one of "
+                f"{', '.join(map(repr, models.BN_MODES))}, got {self.bn_mode!r}"
             )
         if not isinstance(self.ways, int) or self.ways < 2:
             raise UserInputError(f"config.ways must be an integer >= 2, got {self.ways!r}")
@@ -94,6 +104,8 @@ class OmniglotFamily:
             filters=self.filters,
             blocks=self.blocks,
             conv_impl=models.resolve_conv_impl(self.conv_impl),
+            bn_mode=self.bn_mode,
+            bn_slots=self.bn_slots,
         )
 
     def loss(self, logits: jax.Array, labels: jax.Array) -> jax.Array:

@@ -1,0 +1,189 @@
+"""MAML++ (Antoniou et al. 2019, "How to train your MAML"), each change its own switch.
+
+MAML's inner loop and second-order meta-gradient, plus what the paper found makes it
+train stably (the switches are `InnerConfig` fields, so each can be ablated):
+
+- multi-step loss (`msl`): the meta-objective is a weighted sum of the query losses after
+  every inner step, the weights annealed from uniform towards the last step
+  (`msl_weights`, the schedule of the paper's code) over `msl_anneal_steps` meta-steps;
+- learned per-layer per-step inner rates (`lslr`): one rate per parameter tensor and
+  inner step, `meta_params["inner_lr"]`, initialised at `lr` and meta-learned;
+- derivative-order annealing (`doa_steps`): first order before that meta-step, second
+  order from it on; a `lax.cond` on the step, so the first-order steps cost what
+  first-order MAML costs;
+- per-step batch norm: the network's (`models.ConvNet(bn_mode="per_step_running")`),
+  evaluated here at the inner step of the parameters it is given (`StepNet`); the batch
+  statistics of each step travel back as the "gradient" of the running statistics, which
+  the meta-optimiser averages (`maml_dist.state.running_average`);
+- the cosine-annealed meta learning rate is the meta-optimiser's
+  (`maml_dist.state.make_meta_optimizer`).
+
+Slots of per-step batch norm are indexed by how many inner updates the parameters being
+evaluated have had: the support pass of inner step j and the query after j updates use
+slot j; meta-training fills slots 0..steps-1 from the support passes and slot `steps` from
+the final query pass. The paper's code indexes the query after step j with slot j - 1
+and, at meta-test, still normalises with batch statistics (`F.batch_norm(...,
+training=True)`); here meta-test uses the running statistics, so it is not transductive.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from maml_dist.algorithms.base import (
+    Algorithm,
+    InnerConfig,
+    StepNet,
+    loss_query_fn,
+    make_adapt,
+)
+from maml_dist.errors import UserInputError
+from maml_dist.models import RUNNING_STATS
+from maml_dist.types import LossFn, QueryFn, TaskBatch
+
+# The paper code's floor on the weight of each query loss but the last, times the steps.
+_MSL_FLOOR = 0.03
+
+
+def msl_weights(step, num_inner: int, anneal_steps: int) -> jax.Array:
+    """Weights of the query losses after inner steps 1..num_inner at meta-step `step`.
+
+    The paper's schedule (`get_per_step_loss_importance_vector` of its code, with meta-steps
+    for epochs): uniform at step 0; every weight but the last falls linearly by
+    1 / (num_inner * anneal_steps) per meta-step to a floor of 0.03 / num_inner, the last
+    rises by what the others lose; from `anneal_steps` on, the last step alone. The
+    weights sum to 1 throughout (both clamps take effect at the same step).
+
+    Returns:
+        (num_inner,) float32.
+    """
+    n = num_inner
+    last_only = jnp.zeros((n,), jnp.float32).at[-1].set(1.0)
+    if anneal_steps <= 0 or n == 1:
+        return last_only
+    decay = jnp.asarray(step, jnp.float32) / (anneal_steps * n)
+    floor = _MSL_FLOOR / n
+    early = jnp.maximum(1.0 / n - decay, floor)
+    last = jnp.minimum(1.0 / n + (n - 1) * decay, 1.0 - (n - 1) * floor)
+    annealing = jnp.concatenate([jnp.full((n - 1,), early), last[None]])
+    return jnp.where(step < anneal_steps, annealing, last_only)
+
+
+def _stats_as_grads(grads, stats):
+    """`grads` with each per-step norm layer's running statistics replaced by `stats`."""
+    out = dict(grads)
+    for layer, s in stats.items():
+        out[layer] = {**grads[layer], RUNNING_STATS[0]: s["mean"], RUNNING_STATS[1]: s["var"]}
+    return out
+
+
+def make(
+    loss_fn: LossFn,
+    inner: InnerConfig,
+    query_fn: QueryFn | None = None,
+    step_net: StepNet | None = None,
+) -> Algorithm:
+    """MAML++ with the switches of `inner` (`msl`, `lslr`, `doa_steps`, `first_order`).
+
+    Args:
+        loss_fn: `loss_fn(params, x, y[, step])`, the meta-test support loss (`step` when
+            `step_net.per_step`).
+        inner: inner-loop settings.
+        query_fn: `(params, x, y) -> (loss, metrics)`; used only without `step_net`.
+        step_net: the network in meta-training mode (`make_step_net`); default
+            `loss_fn` and `query_fn` with no per-step state.
+
+    Raises:
+        UserInputError: if `inner.steps` is 0 (MAML++ is defined by its inner steps).
+    """
+    if inner.steps < 1:
+        raise UserInputError(
+            "algorithm 'mamlpp' needs at least one inner step; pass --config.inner_steps=5"
+        )
+    if step_net is None:
+        query_fn = query_fn or loss_query_fn(loss_fn)
+        step_net = StepNet(
+            lambda p, x, y, j: (loss_fn(p, x, y), {}),
+            lambda p, x, y, j: (query_fn(p, x, y), {}),
+            per_step=False,
+        )
+    n = inner.steps
+
+    def init(params):
+        meta = {"params": params}
+        if inner.lslr:
+            meta["inner_lr"] = jax.tree.map(lambda p: jnp.full((n,), inner.lr, p.dtype), params)
+        return meta
+
+    def update(meta_params, params, grads, j):
+        if not inner.lslr:
+            return jax.tree.map(lambda p, g: p - inner.lr * g, params, grads)
+        # Meta-test may run more steps than training did; those reuse the last rate.
+        slot = jnp.minimum(j, n - 1)
+        return jax.tree.map(lambda p, r, g: p - r[slot] * g, params, meta_params["inner_lr"], grads)
+
+    def objective(meta_params, task: TaskBatch, first_order: bool, step):
+        def body(params, j):
+            (_, stats), grads = jax.value_and_grad(step_net.loss_fn, has_aux=True)(
+                params, task.support_x, task.support_y, j
+            )
+            if first_order:
+                grads = jax.lax.stop_gradient(grads)
+            params = update(meta_params, params, grads, j)
+            query = (
+                step_net.query_fn(params, task.query_x, task.query_y, j + 1) if inner.msl else ()
+            )
+            return params, (stats, query)
+
+        adapted, (support_stats, queries) = jax.lax.scan(
+            jax.checkpoint(body) if inner.remat else body, meta_params["params"], jnp.arange(n)
+        )
+        if inner.msl:
+            # The scan's last query pass is the final one; no extra forward pass.
+            ((losses, all_metrics), all_query_stats) = queries
+            loss, metrics = losses[-1], jax.tree.map(lambda a: a[-1], all_metrics)
+            query_stats = jax.tree.map(lambda a: a[-1], all_query_stats)
+            total = jnp.sum(msl_weights(step, n, inner.msl_anneal_steps) * losses)
+        else:
+            (loss, metrics), query_stats = step_net.query_fn(adapted, task.query_x, task.query_y, n)
+            total = loss
+        # Slots 0..n-1 from the support passes, slot n from the final query pass.
+        stats = jax.tree.map(lambda s, q: jnp.concatenate([s, q[None]]), support_stats, query_stats)
+        return total, (loss, metrics, stats)
+
+    def grads_of(first_order: bool):
+        def task_grad(meta_params, task, step):
+            (_, (loss, metrics, stats)), grads = jax.value_and_grad(objective, has_aux=True)(
+                meta_params, task, first_order, step
+            )
+            if step_net.per_step:
+                grads = {**grads, "params": _stats_as_grads(grads["params"], stats)}
+            return grads, (loss, metrics)
+
+        return task_grad
+
+    if inner.first_order or inner.doa_steps <= 0:
+        task_grad = grads_of(inner.first_order)
+    else:
+
+        def task_grad(meta_params, task, step):
+            # An unbatched predicate: a real branch under vmap and lax.map, so first-order
+            # steps skip the Hessian-vector products.
+            return jax.lax.cond(
+                step < inner.doa_steps,
+                grads_of(True),
+                grads_of(False),
+                meta_params,
+                task,
+                step,
+            )
+
+    def inner_step(meta_params, params, x, y, j):
+        step = (j,) if step_net.per_step else ()
+        grads = jax.grad(loss_fn)(params, x, y, *step)
+        return update(meta_params, params, grads, j)
+
+    return Algorithm(
+        "mamlpp", init, task_grad, inner_step, make_adapt(inner_step), step_net.per_step
+    )
