@@ -14,7 +14,8 @@ process; over 600 meta-test tasks, K=10 query MSE 0.295 ± 0.028 after 1 inner s
 
 Variants are overrides, not copies:
 
-    --config.algorithm=metasgd       another algorithm (maml fomaml metasgd anil reptile imaml)
+    --config.algorithm=metasgd       another algorithm (maml fomaml metasgd anil reptile imaml
+                                     mamlpp)
     --config.first_order=True        first-order MAML
     --config.remat_inner=True        rematerialise each inner step (long inner loops)
     --config.pad_meta_batch=True     run meta-batch 25 on 2, 4 or 8 devices (masked padding)

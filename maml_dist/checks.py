@@ -95,6 +95,11 @@ def _validate_mamlpp(config: ml_collections.ConfigDict) -> None:
                 f"config.{name} must be a positive finite number, got {value!r}; "
                 f"pass e.g. --config.{name}={example}"
             )
+    if config.get("meta_lr_min", 1e-5) > config.meta_lr:
+        raise UserInputError(
+            f"config.meta_lr_min={config.meta_lr_min} is above config.meta_lr={config.meta_lr}, "
+            f"so the cosine schedule would raise the rate; pass a smaller --config.meta_lr_min"
+        )
     if config.get("bn_momentum", 0.1) > 1:
         raise UserInputError(
             f"config.bn_momentum must be in (0, 1], got {config.bn_momentum}; "
@@ -206,11 +211,17 @@ def check_resume_compatible(saved: dict, config: ml_collections.ConfigDict) -> N
     Raises:
         UserInputError: naming the fields that differ, if any would change the training.
     """
-    current = json.loads(config.to_json())
+    current = _with_later_fields(json.loads(config.to_json()))
     saved = _with_later_fields(saved)
     resumable = RESUMABLE_CHANGES
-    if config.algorithm == "mamlpp" or resolve_schedule(config) == "cosine":
-        # Their schedules (cosine decay, MSL annealing, DOA) are fractions of num_steps.
+    switches = {**MAMLPP_DEFAULTS, **config.get("mamlpp", {})}
+    auto_mamlpp = config.algorithm == "mamlpp" and -1 in (
+        switches["msl_anneal_steps"],
+        switches["doa_steps"],
+    )
+    if auto_mamlpp or resolve_schedule(config) == "cosine":
+        # These schedules (cosine decay; MSL annealing and DOA at -1) follow num_steps, so
+        # a longer run would not continue the same training.
         resumable = resumable - {"num_steps"}
     differing = sorted(
         k

@@ -176,6 +176,10 @@ def evaluate(
         "algorithm": config.algorithm,
         # The configured rate; Meta-SGD adapts with its learned rates (this is their start).
         "inner_lr": config.inner_lr,
+        # What the protocol depends on: "transductive" batch norm normalises each query set
+        # with its own statistics, "per_step_running" each image alone (README, "Batch norm").
+        "bn_mode": state_lib.resolve_bn_mode(config) if classification else None,
+        "meta_lr_schedule": state_lib.resolve_schedule(config),
         "results": results,
     }
     if runs is not None:

@@ -56,6 +56,39 @@ def save_curves(path: str, results: list[dict], metric: str) -> None:
     plt.close(fig)
 
 
+def save_comparison(path: str, names: list[str], results: list[list[dict]], metric: str) -> None:
+    """Saves one panel per shot count K, each run's mean curve with its 95% CI band.
+
+    Args:
+        path: the PNG to write.
+        names: one label per run.
+        results: per run, the `results` list of its `eval/results.json`.
+        metric: the metric's name (a log axis for "mse").
+    """
+    panels = len(results[0])
+    fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.5), dpi=100, squeeze=False)
+    for j, ax in enumerate(axes[0]):
+        any_positive = False
+        for name, run in zip(names, results, strict=True):
+            r = run[j]
+            steps, mean, ci = (
+                np.asarray(r[k], dtype=float) for k in ("inner_steps", "mean", "ci95")
+            )
+            ax.plot(steps, mean, marker="o", ms=3, label=name)
+            ax.fill_between(steps, mean - ci, mean + ci, alpha=0.2)
+            any_positive |= bool(np.any(np.isfinite(mean) & (mean > 0)))
+        if metric == "mse" and any_positive:
+            ax.set_yscale("log")
+        ax.set_title(f"K={results[0][j]['shots']}")
+        ax.set_xlabel("inner gradient steps")
+        ax.set_ylabel(f"query {metric}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def save_example_fits(path: str, examples: list[dict]) -> None:
     """Saves a row of example fits; each example holds the `_draw_fit` arrays."""
     fig, axes = plt.subplots(1, len(examples), figsize=(4 * len(examples), 3.2), dpi=100)

@@ -29,10 +29,13 @@ class Problem:
     Attributes:
         family: the task distribution.
         model: the meta-learned network.
-        loss_fn: `loss_fn(params, x, y)`, one task's loss (what is differentiated).
-        score_fn: `score_fn(params, x, y)`, one task's reported metric (`family.metric`).
-        query_fn: `(params, x, y) -> (loss, {metric: value})` from one forward pass; no
-            metric besides the loss when the metric is the loss (regression).
+        loss_fn: `loss_fn(params, x, y, step=0)`, one task's loss (what is
+            differentiated) at meta-test; `step` (the parameters' inner updates) matters
+            only to per-step batch norm.
+        score_fn: `score_fn(params, x, y, step=0)`, one task's reported metric
+            (`family.metric`).
+        query_fn: `(params, x, y, step=0) -> (loss, {metric: value})` from one forward
+            pass; no metric besides the loss when the metric is the loss (regression).
         algorithm: the meta-learning algorithm of `config.algorithm`.
         sample_fn: `key -> TaskBatch`, one training task (config.shots / num_query
             points), for families sampled on the device; None for host-sampled ones.
@@ -45,6 +48,15 @@ class Problem:
     query_fn: QueryFn
     algorithm: algorithms.Algorithm
     sample_fn: Callable[[jax.Array], TaskBatch] | None
+
+    def before_fn(self) -> QueryFn:
+        """`(params, x, y) -> (loss, metrics)` on the query set before adaptation, for logs.
+
+        Scored in the mode meta-training scores the query after adaptation, so the two
+        compare like with like: with per-step batch norm that is training mode (batch
+        statistics), not the meta-test mode of `query_fn` (running ones).
+        """
+        return before_query_fn(self.family, self.model, self.query_fn, self.algorithm)
 
     @property
     def score_is_loss(self) -> bool:
@@ -130,6 +142,14 @@ def family_step_net(family: TaskFamily, model: nn.Module) -> algorithms.StepNet:
     return algorithms.make_step_net(
         model, family.loss, {} if regression else {family.metric: family.score}
     )
+
+
+def before_query_fn(family, model, query_fn: QueryFn, algorithm) -> QueryFn:
+    """The query function of `Problem.before_fn`, for a family, network and algorithm."""
+    if not algorithm.per_step:
+        return query_fn
+    step_net = family_step_net(family, model)
+    return lambda params, x, y: step_net.query_fn(params, x, y, 0)[0]
 
 
 def make_problem(config: ml_collections.ConfigDict) -> Problem:

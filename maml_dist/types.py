@@ -19,10 +19,16 @@ MetaParams = dict[str, Any]
 """What an algorithm meta-learns: `{"params": weights, ...}` plus its own extras."""
 
 LossFn = Callable[[Params, jax.Array, jax.Array], jax.Array]
-"""`loss_fn(params, x, y) -> scalar`: one task's loss on one set."""
+"""`loss_fn(params, x, y) -> scalar`: one task's loss on one set.
+
+The functions `maml_dist.algorithms.make_loss_fn` builds also take `step`, the number of
+inner updates `params` have had, which networks with per-step batch norm need
+(`Algorithm.per_step`); the others ignore it.
+"""
 
 QueryFn = Callable[[Params, jax.Array, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
-"""`query_fn(params, x, y) -> (loss, {metric: value})` from one forward pass."""
+"""`query_fn(params, x, y) -> (loss, {metric: value})` from one forward pass (and `step`,
+as for LossFn)."""
 
 HEAD = "head"
 """The name of every network's last layer: the part ANIL adapts."""

@@ -29,7 +29,15 @@ def test_readme_example_runs_and_learns():
 def test_public_api_is_declared():
     for name in maml_dist.__all__:
         assert hasattr(maml_dist, name), name
-    assert set(maml_dist.ALGORITHMS) == {"maml", "fomaml", "metasgd", "anil", "reptile", "imaml"}
+    assert set(maml_dist.ALGORITHMS) == {
+        "maml",
+        "fomaml",
+        "metasgd",
+        "anil",
+        "reptile",
+        "imaml",
+        "mamlpp",
+    }
 
 
 def test_every_module_imports_first():

@@ -134,7 +134,7 @@ def test_deterministic_mode_is_bit_identical_on_one_and_eight_devices(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-@pytest.mark.parametrize("algorithm", ["fomaml", "metasgd", "anil", "reptile", "imaml"])
+@pytest.mark.parametrize("algorithm", ["fomaml", "metasgd", "anil", "reptile", "imaml", "mamlpp"])
 def test_every_algorithm_trains_identically_on_one_and_eight_devices(tmp_path, algorithm):
     config = tiny_config(
         algorithm=algorithm,

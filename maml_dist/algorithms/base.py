@@ -90,7 +90,8 @@ class InnerConfig:
         msl: MAML++'s multi-step loss: the meta-objective weighs the query loss after
             every inner step (`mamlpp.msl_weights`).
         msl_anneal_steps: meta-steps over which the MSL weights move from uniform to the
-            last step; the last step alone after that.
+            last step; the last step alone after that (so 0, the default here, turns
+            MSL off; the command line's -1 is 10% of `num_steps`).
         lslr: MAML++'s learned per-layer per-step inner learning rates.
         doa_steps: MAML++'s derivative-order annealing: first order for the meta-steps
             before this one, second order from it on (0: second order throughout).

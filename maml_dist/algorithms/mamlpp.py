@@ -109,6 +109,9 @@ def make(
             per_step=False,
         )
     n = inner.steps
+    # With no annealing the weights are the last step's alone from the start: the
+    # intermediate query passes would be computed for a weight of zero.
+    msl = inner.msl and inner.msl_anneal_steps > 0 and n > 1
 
     def init(params):
         meta = {"params": params}
@@ -131,15 +134,13 @@ def make(
             if first_order:
                 grads = jax.lax.stop_gradient(grads)
             params = update(meta_params, params, grads, j)
-            query = (
-                step_net.query_fn(params, task.query_x, task.query_y, j + 1) if inner.msl else ()
-            )
+            query = step_net.query_fn(params, task.query_x, task.query_y, j + 1) if msl else ()
             return params, (stats, query)
 
         adapted, (support_stats, queries) = jax.lax.scan(
             jax.checkpoint(body) if inner.remat else body, meta_params["params"], jnp.arange(n)
         )
-        if inner.msl:
+        if msl:
             # The scan's last query pass is the final one; no extra forward pass.
             ((losses, all_metrics), all_query_stats) = queries
             loss, metrics = losses[-1], jax.tree.map(lambda a: a[-1], all_metrics)
