@@ -23,12 +23,7 @@ import optax
 
 from maml_dist import algorithms, meta_test, parallel
 from maml_dist import state as state_lib
-from maml_dist.problem import (
-    before_query_fn,
-    family_functions,
-    family_head_split,
-    family_step_net,
-)
+from maml_dist.problem import family_functions, family_head_split, family_step_net
 from maml_dist.tasks.base import TaskFamily
 from maml_dist.types import TEST_STREAM, LossFn, QueryFn, TaskBatch
 
@@ -136,7 +131,7 @@ def make_learner(
 
     spec = parallel.MetaBatch(
         algorithm=algorithm,
-        query_fn=before_query_fn(family, model, query_fn, algorithm),
+        query_fn=query_fn,
         sample_fn=None if family.host_sampled else sample_fn,
         meta_batch_size=config.meta_batch_size,
         seed=config.seed,

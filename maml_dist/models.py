@@ -118,11 +118,12 @@ class StepNorm(nn.Module):
     """Batch norm with a scale, offset and running statistics per inner step (MAML++).
 
     `step` is the number of inner updates the parameters being evaluated have had; steps
-    past the last slot use the last one. In training (`train=True`) the layer normalises
-    with the batch's own statistics and sows them into the STEP_STATS collection, for the
-    meta-optimiser to average into the running ones; at meta-test it normalises with the
-    running statistics of its step, so each example is normalised independently of the
-    others in its set.
+    past the last slot use the last one. A support set (`train=True`) is normalised with
+    its own batch statistics, which the layer sows into the STEP_STATS collection for the
+    meta-optimiser to average into the running ones; anything else (query sets,
+    predictions) is normalised with the running statistics of its step, so each image is
+    normalised independently of the others. Meta-training and meta-test do the same, so
+    the inner loop meta-learned is the one run at meta-test.
 
     The running statistics are `params` leaves (RUNNING_STATS), not a separate flax
     collection, so every function of the parameters (inner steps, evaluation) sees them.
@@ -225,7 +226,8 @@ class ConvNet(nn.Module):
             x: images, or for `part="head"` the body's (B, features) output.
             part: "all"; "body" (the flattened features the head reads); "head".
             step: inner updates the parameters have had (selects "per_step_running" slots).
-            train: "per_step_running" normalises with batch statistics and sows them.
+            train: "per_step_running" normalises with the batch's statistics and sows
+                them (support sets), else with the running ones.
         """
         check_part(part)
         if part != "head":

@@ -332,7 +332,7 @@ def meta_batch_spec(config: ml_collections.ConfigDict, problem) -> MetaBatch:
     """The MetaBatch a config describes, for its `problem.Problem`."""
     return MetaBatch(
         algorithm=problem.algorithm,
-        query_fn=problem.before_fn(),
+        query_fn=problem.query_fn,
         sample_fn=problem.sample_fn,
         meta_batch_size=config.meta_batch_size,
         seed=config.seed,

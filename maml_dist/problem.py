@@ -49,15 +49,6 @@ class Problem:
     algorithm: algorithms.Algorithm
     sample_fn: Callable[[jax.Array], TaskBatch] | None
 
-    def before_fn(self) -> QueryFn:
-        """`(params, x, y) -> (loss, metrics)` on the query set before adaptation, for logs.
-
-        Scored in the mode meta-training scores the query after adaptation, so the two
-        compare like with like: with per-step batch norm that is training mode (batch
-        statistics), not the meta-test mode of `query_fn` (running ones).
-        """
-        return before_query_fn(self.family, self.model, self.query_fn, self.algorithm)
-
     @property
     def score_is_loss(self) -> bool:
         """Whether the reported metric is the loss itself (regression), not a separate one."""
@@ -142,14 +133,6 @@ def family_step_net(family: TaskFamily, model: nn.Module) -> algorithms.StepNet:
     return algorithms.make_step_net(
         model, family.loss, {} if regression else {family.metric: family.score}
     )
-
-
-def before_query_fn(family, model, query_fn: QueryFn, algorithm) -> QueryFn:
-    """The query function of `Problem.before_fn`, for a family, network and algorithm."""
-    if not algorithm.per_step:
-        return query_fn
-    step_net = family_step_net(family, model)
-    return lambda params, x, y: step_net.query_fn(params, x, y, 0)[0]
 
 
 def make_problem(config: ml_collections.ConfigDict) -> Problem:

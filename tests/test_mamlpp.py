@@ -159,14 +159,14 @@ def test_per_step_batch_norm_returns_each_steps_batch_statistics():
         _, sown = model.apply({"params": p}, x, step=j, train=True, mutable=[models.STEP_STATS])
         return sown[models.STEP_STATS]
 
-    # Training-mode inner steps written out: slot j is the support pass after j updates,
-    # the last slot the query pass after all of them.
+    # The inner steps written out: slot j holds the support set's statistics after j
+    # updates, the last slot after all of them.
     expected, p = [], params
     for j in range(2):
         expected.append(stats(p, task.support_x, j))
-        g = jax.grad(lambda q, j=j: step_net.loss_fn(q, task.support_x, task.support_y, j)[0])(p)
+        g = jax.grad(lambda q, j=j: step_net.support_fn(q, task.support_x, task.support_y, j)[0])(p)
         p = jax.tree.map(lambda a, b: a - 0.1 * b, p, g)
-    expected.append(stats(p, task.query_x, 2))
+    expected.append(stats(p, task.support_x, 2))
     for layer in ("StepNorm_0", "StepNorm_1"):
         for name, key in (("running_mean", "mean"), ("running_var", "var")):
             want = np.stack([e[layer][key][0] for e in expected])
@@ -192,6 +192,14 @@ def test_running_statistics_average_in_training_and_classify_each_image_alone():
     step = new["params"][layer]["scale"] - before["scale"]
     assert 0 < np.abs(step).max() <= 1.01e-3
 
+    # Meta-training scores the query as meta-test does: the loss it reports is that of the
+    # adapted parameters scored alone.
+    plain = mamlpp.make(
+        loss_fn, algorithms.InnerConfig(lr=0.1, steps=2, **ALL_OFF), query_fn, step_net
+    )
+    _, (loss, _) = plain.task_grad(new, task, 0)
+    adapted_2 = plain.adapt(new, task.support_x, task.support_y, 2)
+    np.testing.assert_allclose(loss, loss_fn(adapted_2, task.query_x, task.query_y, 2), rtol=1e-5)
     # Meta-test: inner steps leave the running statistics exactly as they are ...
     adapted = algorithm.adapt(new, task.support_x, task.support_y, 3)
     for name in models.RUNNING_STATS:
@@ -322,11 +330,12 @@ def test_resume_is_bit_identical_with_every_switch_on(omniglot_data, tmp_path):
     # All five: "auto" resolves to per-step batch norm and the cosine schedule.
     assert state_lib.resolve_bn_mode(config) == "per_step_running"
     assert state_lib.resolve_schedule(config) == "cosine"
-    straight = trainer.train_and_evaluate(config, str(tmp_path / "straight"))
+    devices = jax.devices()[:4]  # the tiny meta-batch of 4
+    straight = trainer.train_and_evaluate(config, str(tmp_path / "straight"), devices)
     # Interrupted after the step-3 checkpoint: the step-6 one is lost.
-    trainer.train_and_evaluate(config, str(tmp_path / "r"))
+    trainer.train_and_evaluate(config, str(tmp_path / "r"), devices)
     shutil.rmtree(tmp_path / "r" / "checkpoints" / "6")
-    resumed = trainer.train_and_evaluate(config, str(tmp_path / "r"))
+    resumed = trainer.train_and_evaluate(config, str(tmp_path / "r"), devices)
     assert set(resumed.meta_params) == {"params", "inner_lr"}
     for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -359,10 +368,10 @@ def test_sinusoid_mamlpp_from_the_command_line_is_the_same_on_1_and_8_devices(tm
         losses.append([r["meta_loss"] for r in read_jsonl(str(workdir / "metrics.jsonl"))])
     assert losses[0] == losses[1] and len(losses[0]) == 6
     proc, _ = run_module(
-        "maml_dist.evaluate", f"--workdir={tmp_path / 'd8'}", "--num_tasks=20", "--cpu_devices=8"
+        "maml_dist.evaluate", f"--workdir={tmp_path / 'd8'}", "--num_tasks=50", "--cpu_devices=8"
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "d8" / "eval" / "results.json").read_text())
     assert report["algorithm"] == "mamlpp" and report["meta_lr_schedule"] == "cosine"
-    mean = report["results"][0]["mean"]
-    assert mean[3] < mean[0]  # adapting with the learned rates helps
+    mean = report["results"][-1]["mean"]  # K = 20
+    assert mean[3] < 0.95 * mean[0]  # adapting with the learned rates helps

@@ -57,17 +57,21 @@ class Algorithm(NamedTuple):
 
 
 class StepNet(NamedTuple):
-    """A network in meta-training mode, evaluated at an inner step (MAML++).
+    """A network evaluated at an inner step, as MAML++ uses it.
 
     Attributes:
-        loss_fn: `(params, x, y, step) -> (loss, stats)`.
-        query_fn: `(params, x, y, step) -> ((loss, metrics), stats)`.
-        per_step: whether the network has per-step batch norm: `stats` then holds each
-            layer's batch statistics (the STEP_STATS collection) and the network's outputs
-            depend on `step`; otherwise `stats` is empty and `step` is ignored.
+        support_fn: `(params, x, y, step) -> (loss, stats)`: a support set's loss, what
+            inner steps descend; with per-step batch norm the set is normalised with its
+            own batch statistics and `stats` holds them (the STEP_STATS collection),
+            otherwise `stats` is empty.
+        query_fn: `(params, x, y, step) -> (loss, metrics)`: a query set scored as at
+            meta-test; with per-step batch norm each image is normalised with the running
+            statistics of `step`, independently of the other queries.
+        per_step: whether the network has per-step batch norm (its outputs depend on
+            `step`; otherwise `step` is ignored).
     """
 
-    loss_fn: Callable
+    support_fn: Callable
     query_fn: Callable
     per_step: bool
 
@@ -232,33 +236,29 @@ def make_step_net(
     task_loss: Callable[[jax.Array, jax.Array], jax.Array],
     scores: dict[str, Callable[[jax.Array, jax.Array], jax.Array]],
 ) -> StepNet:
-    """The meta-training functions of a flax module, for MAML++ (see StepNet).
+    """The support and query functions of a flax module, for MAML++ (see StepNet).
 
-    A module with per-step batch norm (`bn_mode="per_step_running"`) runs in training mode
-    and returns the batch statistics it sowed; any other module runs as at meta-test.
+    A module with per-step batch norm (`bn_mode="per_step_running"`) normalises support
+    sets with their batch statistics and returns them; other modules ignore the step.
     """
     per_step = getattr(model, "bn_mode", None) == "per_step_running"
+    apply = make_apply(model)
 
-    def outputs(params, x, step):
+    def support_fn(params, x, y, step):
         if not per_step:
-            return make_apply(model)(params, x, step), {}
+            return task_loss(apply(params, x, step), y), {}
         predictions, sown = model.apply(
             {"params": params}, x, step=step, train=True, mutable=[STEP_STATS]
         )
         # sow appends to a tuple; each layer is called once per forward pass.
         stats = jax.tree.map(lambda t: t[0], sown[STEP_STATS], is_leaf=_is_tuple)
-        return predictions, stats
-
-    def loss_fn(params, x, y, step):
-        predictions, stats = outputs(params, x, step)
         return task_loss(predictions, y), stats
 
     def query_fn(params, x, y, step):
-        predictions, stats = outputs(params, x, step)
-        metrics = {n: f(predictions, y) for n, f in scores.items()}
-        return (task_loss(predictions, y), metrics), stats
+        predictions = apply(params, x, step)
+        return task_loss(predictions, y), {n: f(predictions, y) for n, f in scores.items()}
 
-    return StepNet(loss_fn, query_fn, per_step)
+    return StepNet(support_fn, query_fn, per_step)
 
 
 def _is_tuple(x) -> bool:

@@ -12,18 +12,24 @@ train stably (the switches are `InnerConfig` fields, so each can be ablated):
   order from it on; a `lax.cond` on the step, so the first-order steps cost what
   first-order MAML costs;
 - per-step batch norm: the network's (`models.ConvNet(bn_mode="per_step_running")`),
-  evaluated here at the inner step of the parameters it is given (`StepNet`); the batch
-  statistics of each step travel back as the "gradient" of the running statistics, which
-  the meta-optimiser averages (`maml_dist.state.running_average`);
+  evaluated here at the inner step of the parameters it is given (`StepNet`): support
+  sets normalised with their own batch statistics, queries with the running statistics
+  of their step, in meta-training as at meta-test; the support statistics of each step
+  travel back as the "gradient" of the running statistics, which the meta-optimiser
+  averages (`maml_dist.state.running_average`);
 - the cosine-annealed meta learning rate is the meta-optimiser's
   (`maml_dist.state.make_meta_optimizer`).
 
 Slots of per-step batch norm are indexed by how many inner updates the parameters being
 evaluated have had: the support pass of inner step j and the query after j updates use
-slot j; meta-training fills slots 0..steps-1 from the support passes and slot `steps` from
-the final query pass. The paper's code indexes the query after step j with slot j - 1
-and, at meta-test, still normalises with batch statistics (`F.batch_norm(...,
-training=True)`); here meta-test uses the running statistics, so it is not transductive.
+slot j. Meta-training fills slots 0..steps-1 from the support passes of the inner steps
+and slot `steps` from one more forward pass of the support set at the adapted
+parameters. The paper's code indexes the query after step j with slot j - 1 and
+normalises every set, queries included, with its batch statistics (`F.batch_norm(...,
+training=True)`), in training and at meta-test: transductive. Here a query's prediction
+does not depend on the other queries. (Normalising the support sets with the running
+statistics at meta-test instead, when training normalised them with batch statistics,
+was measured to break adaptation: 15.9% against MAML's 69.2% in the README's ablation.)
 """
 
 from __future__ import annotations
@@ -105,7 +111,7 @@ def make(
         query_fn = query_fn or loss_query_fn(loss_fn)
         step_net = StepNet(
             lambda p, x, y, j: (loss_fn(p, x, y), {}),
-            lambda p, x, y, j: (query_fn(p, x, y), {}),
+            lambda p, x, y, j: query_fn(p, x, y),
             per_step=False,
         )
     n = inner.steps
@@ -128,7 +134,7 @@ def make(
 
     def objective(meta_params, task: TaskBatch, first_order: bool, step):
         def body(params, j):
-            (_, stats), grads = jax.value_and_grad(step_net.loss_fn, has_aux=True)(
+            (_, stats), grads = jax.value_and_grad(step_net.support_fn, has_aux=True)(
                 params, task.support_x, task.support_y, j
             )
             if first_order:
@@ -142,16 +148,18 @@ def make(
         )
         if msl:
             # The scan's last query pass is the final one; no extra forward pass.
-            ((losses, all_metrics), all_query_stats) = queries
+            losses, all_metrics = queries
             loss, metrics = losses[-1], jax.tree.map(lambda a: a[-1], all_metrics)
-            query_stats = jax.tree.map(lambda a: a[-1], all_query_stats)
             total = jnp.sum(msl_weights(step, n, inner.msl_anneal_steps) * losses)
         else:
-            (loss, metrics), query_stats = step_net.query_fn(adapted, task.query_x, task.query_y, n)
+            loss, metrics = step_net.query_fn(adapted, task.query_x, task.query_y, n)
             total = loss
-        # Slots 0..n-1 from the support passes, slot n from the final query pass.
-        stats = jax.tree.map(lambda s, q: jnp.concatenate([s, q[None]]), support_stats, query_stats)
-        return total, (loss, metrics, stats)
+        stats = support_stats
+        if step_net.per_step:
+            # Slot n: the support set at the adapted parameters (a forward pass, no gradient).
+            _, last = step_net.support_fn(adapted, task.support_x, task.support_y, n)
+            stats = jax.tree.map(lambda s, q: jnp.concatenate([s, q[None]]), stats, last)
+        return total, (loss, metrics, jax.lax.stop_gradient(stats))
 
     def grads_of(first_order: bool):
         def task_grad(meta_params, task, step):
@@ -181,8 +189,7 @@ def make(
             )
 
     def inner_step(meta_params, params, x, y, j):
-        step = (j,) if step_net.per_step else ()
-        grads = jax.grad(loss_fn)(params, x, y, *step)
+        grads = jax.grad(lambda p: step_net.support_fn(p, x, y, j)[0])(params)
         return update(meta_params, params, grads, j)
 
     return Algorithm(
