@@ -118,12 +118,12 @@ class StepNorm(nn.Module):
     """Batch norm with a scale, offset and running statistics per inner step (MAML++).
 
     `step` is the number of inner updates the parameters being evaluated have had; steps
-    past the last slot use the last one. Every set, support or query, in meta-training
-    and at meta-test, is normalised with the running statistics of its step, so each image
-    is normalised independently of the others and the inner loop meta-learned is the one
-    run at meta-test. With `train=True` (the support passes of meta-training) the layer
-    also sows the batch's own statistics into the STEP_STATS collection, which the
-    meta-optimiser averages into the running ones.
+    past the last slot use the last one. A support set (`train=True`) is normalised with
+    its own batch statistics, which the layer sows into the STEP_STATS collection for the
+    meta-optimiser to average into the running ones; anything else (query sets,
+    predictions) is normalised with the running statistics of its step, so each image is
+    normalised independently of the others. Meta-training and meta-test do the same, so
+    the inner loop meta-learned is the one run at meta-test.
 
     The running statistics are `params` leaves (RUNNING_STATS), not a separate flax
     collection, so every function of the parameters (inner steps, evaluation) sees them.
@@ -150,12 +150,13 @@ class StepNorm(nn.Module):
         slot = jnp.minimum(step, self.slots - 1)
         if train:
             axes = tuple(range(x.ndim - 1))
-            batch_mean = x.mean(axes)
-            batch_var = jnp.mean(jnp.square(x - batch_mean), axes)
-            self.sow(STEP_STATS, "mean", jax.lax.stop_gradient(batch_mean))
-            self.sow(STEP_STATS, "var", jax.lax.stop_gradient(batch_var))
-        mean = jax.lax.stop_gradient(running_mean[slot])
-        var = jax.lax.stop_gradient(running_var[slot])
+            mean = x.mean(axes)
+            var = jnp.mean(jnp.square(x - mean), axes)
+            self.sow(STEP_STATS, "mean", jax.lax.stop_gradient(mean))
+            self.sow(STEP_STATS, "var", jax.lax.stop_gradient(var))
+        else:
+            mean = jax.lax.stop_gradient(running_mean[slot])
+            var = jax.lax.stop_gradient(running_var[slot])
         return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale[slot] + offset[slot]
 
 
@@ -225,8 +226,8 @@ class ConvNet(nn.Module):
             x: images, or for `part="head"` the body's (B, features) output.
             part: "all"; "body" (the flattened features the head reads); "head".
             step: inner updates the parameters have had (selects "per_step_running" slots).
-            train: "per_step_running" also sows the batch's statistics (the support
-                passes of meta-training), for the running ones.
+            train: "per_step_running" normalises with the batch's statistics and sows
+                them (support sets), else with the running ones.
         """
         check_part(part)
         if part != "head":

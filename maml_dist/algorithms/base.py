@@ -61,11 +61,12 @@ class StepNet(NamedTuple):
 
     Attributes:
         support_fn: `(params, x, y, step) -> (loss, stats)`: a support set's loss, what
-            inner steps descend; with per-step batch norm `stats` holds the set's batch
-            statistics (the STEP_STATS collection), otherwise it is empty.
-        query_fn: `(params, x, y, step) -> (loss, metrics)`: a query set's loss and
-            metrics. With per-step batch norm both normalise every image with the running
-            statistics of `step`, as at meta-test.
+            inner steps descend; with per-step batch norm the set is normalised with its
+            own batch statistics and `stats` holds them (the STEP_STATS collection),
+            otherwise `stats` is empty.
+        query_fn: `(params, x, y, step) -> (loss, metrics)`: a query set scored as at
+            meta-test; with per-step batch norm each image is normalised with the running
+            statistics of `step`, independently of the other queries.
         per_step: whether the network has per-step batch norm (its outputs depend on
             `step`; otherwise `step` is ignored).
     """
@@ -237,8 +238,8 @@ def make_step_net(
 ) -> StepNet:
     """The support and query functions of a flax module, for MAML++ (see StepNet).
 
-    A module with per-step batch norm (`bn_mode="per_step_running"`) returns the support
-    sets' batch statistics; other modules ignore the step.
+    A module with per-step batch norm (`bn_mode="per_step_running"`) normalises support
+    sets with their batch statistics and returns them; other modules ignore the step.
     """
     per_step = getattr(model, "bn_mode", None) == "per_step_running"
     apply = make_apply(model)
