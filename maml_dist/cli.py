@@ -71,10 +71,18 @@ def define_runtime_flags() -> None:
 
 
 class _QuietLibraries:
-    """Drops INFO chatter of orbax (dozens of lines per save) from the progress log."""
+    """Drops INFO lines a user cannot act on from the progress log.
+
+    Orbax's chatter (dozens of lines per save) and JAX's report of probing backends that
+    are not installed (the TPU/libtpu line every CPU run starts with). `--verbosity=1`
+    keeps them.
+    """
 
     def filter(self, record) -> bool:
-        return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+        if record.levelno >= std_logging.WARNING:
+            return True
+        path = record.pathname.replace("\\", "/")
+        return "/orbax/" not in path and not path.endswith("jax/_src/xla_bridge.py")
 
 
 def start_runtime(prog: str):
@@ -88,8 +96,9 @@ def start_runtime(prog: str):
     from maml_dist import compile_cache, distributed
     from maml_dist.errors import UserInputError
 
-    logging.get_absl_handler().addFilter(_QuietLibraries())
     f = flags.FLAGS
+    if f.verbosity < 1:
+        logging.get_absl_handler().addFilter(_QuietLibraries())
     if f.cpu_devices is not None:
         jax.config.update("jax_num_cpu_devices", f.cpu_devices)
     compile_cache.enable(compile_cache.resolve(f.compile_cache))

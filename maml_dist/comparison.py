@@ -10,9 +10,7 @@ import dataclasses
 import json
 import os
 
-import numpy as np
-
-from maml_dist import plotting
+from maml_dist import formatting, plotting
 from maml_dist.checks import RESUMABLE_CHANGES
 from maml_dist.errors import UserInputError
 
@@ -101,16 +99,6 @@ def differing_fields(runs: list[Run]) -> list[str]:
     return [k for k in keys if len({json.dumps(r.config.get(k)) for r in runs}) > 1]
 
 
-def format_value(mean: float | None, ci: float | None, metric: str) -> str:
-    """`mean ± ci` in fixed notation: accuracies in percent, losses with 3 significant digits."""
-    if mean is None or not np.isfinite(mean):
-        return "not finite"
-    if metric == "accuracy":
-        return f"{100 * mean:.1f}% ± {100 * ci:.1f}"
-    digits = max(0, 2 - int(np.floor(np.log10(abs(mean))))) if mean else 3
-    return f"{mean:.{digits}f} ± {ci:.{digits}f}"
-
-
 def table(runs: list[Run]) -> str:
     """The comparison as text, one row per run.
 
@@ -142,7 +130,7 @@ def table(runs: list[Run]) -> str:
 
 def _cell(run: Run, result_index: int, step: int, metric: str) -> str:
     result = run.report["results"][result_index]
-    return format_value(result["mean"][step], result["ci95"][step], metric)
+    return formatting.mean_ci(result["mean"][step], result["ci95"][step], metric)
 
 
 def _short(value) -> str:

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 from PIL import Image
 
-from maml_dist import checks, meta_test, parallel, plotting
+from maml_dist import checks, formatting, meta_test, parallel, plotting
 from maml_dist import state as state_lib
 from maml_dist.checkpointing import Checkpointer, has_checkpoint
 from maml_dist.data import omniglot_runs as omniglot_runs_lib
 from maml_dist.problem import make_problem
+from maml_dist.progress import Progress
 from maml_dist.types import TEST_STREAM, TaskBatch
 
 
@@ -63,7 +66,10 @@ def restore_params(config: ml_collections.ConfigDict, workdir: str, step: int | 
             raise checks.UserInputError(
                 f"no checkpoint at step {step} in {ckpt.directory!r}; available steps: {steps}"
             )
+        started = time.perf_counter()
+        logging.info("restoring the checkpoint at step %d...", step)
         state = ckpt.restore(step, target)
+        logging.info("restored in %.1f s", time.perf_counter() - started)
     finally:
         ckpt.close()
     return state.meta_params, step
@@ -142,7 +148,12 @@ def evaluate(
     for k in shots:
         test = problem.fixed_tasks(seed, TEST_STREAM, num_tasks, k, num_query)
         curves = meta_test.adaptation_curves(
-            problem.algorithm, meta_params, test, max_inner_steps, metrics
+            problem.algorithm,
+            meta_params,
+            test,
+            max_inner_steps,
+            metrics,
+            progress=Progress(f"meta-test K={k}", num_tasks, "tasks"),
         )[..., 0]
         mean, ci = meta_test.mean_and_ci95(curves)
         result = {"shots": k}
@@ -176,6 +187,7 @@ def evaluate(
         "algorithm": config.algorithm,
         # The configured rate; Meta-SGD adapts with its learned rates (this is their start).
         "inner_lr": config.inner_lr,
+        "train_inner_steps": config.inner_steps,
         # What the protocol depends on: "transductive" batch norm normalises each query set
         # with its own statistics, "per_step_running" each image alone (README, "Batch norm").
         "bn_mode": state_lib.resolve_bn_mode(config) if classification else None,
@@ -206,7 +218,12 @@ def _one_shot_runs(problem, meta_params, runs, steps: int) -> dict:
         query_y=np.stack([r.query_y for r in runs]),
     )
     curves = meta_test.adaptation_curves(
-        problem.algorithm, meta_params, tasks, steps, (problem.score_fn,)
+        problem.algorithm,
+        meta_params,
+        tasks,
+        steps,
+        (problem.score_fn,),
+        progress=Progress("one-shot runs", len(runs), "runs"),
     )
     errors = 1.0 - curves[:, -1, 0]
     return {
@@ -244,24 +261,41 @@ def _example(problem, meta_params, task, steps: int):
     }
 
 
+def shown_steps(last: int, trained: int | None) -> list[int]:
+    """The inner-step counts the table shows: 0, 1, 5, the training count and the last."""
+    wanted = {0, 1, 5, last} | ({trained} if trained is not None else set())
+    return sorted(s for s in wanted if s <= last)
+
+
 def format_table(report: dict) -> str:
-    """A plain-text table: one row per K, one column per inner-step count."""
-    steps = report["results"][0]["inner_steps"]
-    head = f"{'K':>4} | " + " | ".join(f"{s:>17}" for s in steps)
-    rows = [
-        f"query {report['metric']} (mean ± 95% CI) over {report['num_tasks']} test tasks "
-        f"after each inner step; checkpoint step {report['step']}",
-        head,
-        "-" * len(head),
+    """A plain-text table: one row per K, a column per shown inner-step count.
+
+    The columns are after 0, 1, 5, the training count and the last inner step (every count
+    is in results.json and curves.png).
+    """
+    metric, n = report["metric"], report["num_tasks"]
+    steps = shown_steps(report["results"][0]["inner_steps"][-1], report.get("train_inner_steps"))
+    header = ["K"] + [
+        f"{s} step{'s' * (s != 1)}" + (" (trained)" if s == report.get("train_inner_steps") else "")
+        for s in steps
     ]
-    for r in report["results"]:
-        cells = " | ".join(
-            f"{m:8.4g} ± {c:<6.2g}" if m is not None and c is not None else f"{'not finite':>17}"
-            for m, c in zip(r["mean"], r["ci95"], strict=True)
-        )
-        rows.append(f"{r['shots']:>4} | {cells}")
+    body = [
+        [str(r["shots"])]
+        + [
+            formatting.cell(
+                r["mean"][s], r["ci95"][s], r["median"][s], r["nonfinite"][s], n, metric
+            )
+            for s in steps
+        ]
+        for r in report["results"]
+    ]
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+    title = f"query {metric} (mean ± 95% CI) over {n} test tasks; checkpoint step {report['step']}"
     if "ways" in report["results"][0]:
-        rows[0] += f"; {report['results'][0]['ways']}-way, K = shots per class"
+        title += f"; {report['results'][0]['ways']}-way, K = shots per class"
+    rows = [title, "  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
+    rows.append("  ".join("-" * w for w in widths))
+    rows += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in body]
     runs = report.get("omniglot_runs")
     if runs:
         rows.append(

@@ -40,6 +40,16 @@ class MetricWriter:
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
 
+    def write_hparams(self, hparams: dict, metrics: dict[str, float], step: int) -> None:
+        """Records the run's hyper-parameters and final metrics (TensorBoard's HParams view).
+
+        Written with tensorboardX `add_hparams` into `tb/hparams`.
+        """
+        if not self.enabled or not metrics:
+            return
+        scores = {tb_tag(k): float(v) for k, v in metrics.items()}
+        self._tb.add_hparams(hparams, scores, name="hparams", global_step=step)
+
     def write_image(self, step: int, tag: str, image: np.ndarray) -> None:
         """Writes an (H, W, 3) uint8 image."""
         if self.enabled:

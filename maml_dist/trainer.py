@@ -98,8 +98,10 @@ def train_and_evaluate(
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.max_to_keep)
     latest = ckpt.latest_step()
     if latest is not None:
+        started = time.perf_counter()
+        logging.info("restoring the checkpoint at step %d...", latest)
         state = ckpt.restore(latest, state)
-        logging.info("Resumed from checkpoint at step %d.", latest)
+        logging.info("resumed from step %d in %.1f s", latest, time.perf_counter() - started)
     step = int(jax.device_get(state.step))
     if is_main:
         with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -133,20 +135,48 @@ def train_and_evaluate(
 
     clock = _Clock(step, feed)
     try:
-        state = _loop(config, state, step, run, feed, clock, writer, schedule, ckpt, monitor)
+        state, last_eval = _loop(
+            config, state, step, run, feed, clock, writer, schedule, ckpt, monitor
+        )
     finally:
         if feed is not None:
             feed.close()
     ckpt.close()
+    # TensorBoard's HParams view compares runs by their config and final validation metrics.
+    writer.write_hparams(_hparams(config), last_eval, step=int(jax.device_get(state.step)))
     writer.close()
     return state
 
 
+def _hparams(config: ml_collections.ConfigDict) -> dict:
+    """The config as flat `a.b` hyper-parameters of the types TensorBoard shows."""
+    flat = {}
+
+    def add(prefix, tree):
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                add(f"{prefix}{key}.", value)
+            elif isinstance(value, bool | int | float | str):
+                flat[f"{prefix}{key}"] = value
+            else:
+                flat[f"{prefix}{key}"] = json.dumps(value)
+
+    add("", json.loads(config.to_json()))
+    return flat
+
+
 def _loop(config, state, step, run, feed, clock, writer, schedule, ckpt, monitor):
-    """Dispatches the chunks of steps; between them logs, evaluates and checkpoints."""
+    """Dispatches the chunks of steps; between them logs, evaluates and checkpoints.
+
+    Returns:
+        (the final state, the last validation scalars: {} if none ran).
+    """
     is_main = jax.process_index() == 0
-    pending = None
+    pending, last_eval, first = None, {}, True
     while step < config.num_steps:
+        if first:
+            logging.info("compiling the meta-step...")
+            started = time.perf_counter()
         if feed is None:
             end = chunk_end(step, config)
             state, metrics = run(state, end - step)
@@ -154,6 +184,16 @@ def _loop(config, state, step, run, feed, clock, writer, schedule, ckpt, monitor
             start, end, batches = feed.take()
             assert start == step, (start, step)  # the feed follows the same schedule
             state, metrics = run(state, batches)
+        if first:
+            # The first call compiles, then runs; its time is mostly the compile.
+            jax.block_until_ready(metrics)
+            logging.info(
+                "compiled the meta-step and ran steps %d-%d in %.1f s",
+                step + 1,
+                end,
+                time.perf_counter() - started,
+            )
+            first = False
         if pending is not None:
             # Blocks on the previous chunk only: at most two chunks are ever in flight
             # (README trap 2), and the host logs while the device computes.
@@ -169,7 +209,7 @@ def _loop(config, state, step, run, feed, clock, writer, schedule, ckpt, monitor
             if checkpoint_now:
                 ckpt.save(end, state, force=end == config.num_steps)
             if eval_now:
-                extra = monitor.scalars(state.meta_params)
+                extra = last_eval = monitor.scalars(state.meta_params)
                 image = monitor.image(state.meta_params, render=is_main)
                 if image is not None:
                     writer.write_image(end, "eval/adaptation", image)
@@ -177,7 +217,7 @@ def _loop(config, state, step, run, feed, clock, writer, schedule, ckpt, monitor
         step = end
     if pending is not None:
         _report(writer, clock, config, schedule, *pending)
-    return state
+    return state, last_eval
 
 
 class _Clock:

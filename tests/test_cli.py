@@ -55,7 +55,7 @@ def trained(tmp_path_factory):
         (
             ["--config.algorithm=mamll"],
             "config.algorithm must be one of 'maml', 'fomaml', 'metasgd', 'anil', 'reptile', "
-            "'imaml', got 'mamll'",
+            "'imaml', 'mamlpp', got 'mamll'",
         ),
         (["--config.imaml_lambda=0"], "config.imaml_lambda must be a positive finite number"),
         (["--config.inner_lr=0.5"], "this workdir holds a run with a different config (inner_lr"),
@@ -110,6 +110,9 @@ def test_train_then_evaluate_from_the_command_line(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "step 20/20" in proc.stderr
+    assert "compiling the meta-step..." in proc.stderr
+    assert "compiled the meta-step and ran steps 1-" in proc.stderr
+    assert "tpu" not in proc.stderr.lower()  # no probing of backends that are not there
     proc, _ = _run(
         "maml_dist.evaluate",
         f"--workdir={workdir}",
@@ -134,6 +137,31 @@ def test_train_then_evaluate_from_the_command_line(tmp_path):
         assert r["mean"][2] < r["mean"][0]  # adapting helps even after 20 meta-steps
     assert (workdir / "eval" / "curves.png").stat().st_size > 0
     assert (workdir / "eval" / "example_fits.png").stat().st_size > 0
+
+
+def test_evaluate_reports_its_progress_then_a_readable_table(trained):
+    proc, _ = _run("maml_dist.evaluate", f"--workdir={trained}", "--num_tasks=600", "--shots=10")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    progress = [line for line in proc.stderr.splitlines() if "meta-test K=10: " in line]
+    assert len(progress) >= 3, proc.stderr[-3000:]
+    assert "/600 tasks, " in progress[0] and "600/600 tasks" in progress[-1]
+    assert "restoring the checkpoint at step 100" in proc.stderr
+    assert "tpu" not in proc.stderr.lower()
+    _, header, _, row = proc.stdout.splitlines()[:4]
+    assert header.split() == [
+        "K",
+        "0",
+        "steps",
+        "1",
+        "step",
+        "(trained)",
+        "5",
+        "steps",
+        "10",
+        "steps",
+    ]
+    assert row.split()[0] == "10" and len(row) < 120  # fixed notation, five columns
+    assert "e+" not in row and "e-" not in row
 
 
 def test_runs_of_version_0_1_are_named_not_misread(trained, tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 from helpers import run_module, tiny_config
 from PIL import Image
 
-from maml_dist import comparison
+from maml_dist import formatting
 
 
 def _write_run(folder, *, num_query=100, seed=0, shift=0.0, **config_fields):
@@ -71,8 +71,12 @@ def test_compare_refuses_runs_tested_differently_in_one_line(tmp_path):
     assert proc.returncode == 2 and len(errors) == 1 and "does not exist" in errors[0]
 
 
-def test_format_value_uses_fixed_notation():
-    assert comparison.format_value(0.9953, 0.0191, "accuracy") == "99.5% ± 1.9"
-    assert comparison.format_value(0.0943, 0.0132, "mse") == "0.0943 ± 0.0132"
-    assert comparison.format_value(99.5, 190.0, "mse") == "99.5 ± 190.0"
-    assert comparison.format_value(None, None, "mse") == "not finite"
+def test_numbers_are_in_fixed_notation_with_the_median_when_it_matters():
+    assert formatting.mean_ci(0.9953, 0.0191, "accuracy") == "99.5% ± 1.9"
+    assert formatting.mean_ci(0.0943, 0.0132, "mse") == "0.0943 ± 0.0132"
+    assert formatting.mean_ci(99.5, 190.0, "mse") == "99.5 ± 190.0"
+    assert formatting.mean_ci(None, None, "mse") == "not finite"
+    assert formatting.cell(0.295, 0.028, 0.21, 0, 600, "mse") == "0.295 ± 0.028"
+    # A mean that a few tasks dominate (K = 5 after 10 steps, README "Results").
+    assert formatting.cell(99.5, 190.0, 0.0951, 0, 600, "mse") == ("99.5 ± 190.0 (median 0.0951)")
+    assert formatting.cell(None, None, 0.21, 1, 600, "mse") == "median 0.210 (1 of 600 not finite)"

@@ -1,5 +1,6 @@
 """Omniglot reader, class splits, episodes and the conv net, on generated and real data."""
 
+import logging
 import os
 import pathlib
 import zipfile
@@ -62,13 +63,20 @@ def test_find_sources_takes_zips_or_folders(tree):
     assert found == [str(small1), str(root / "images_background_small2.zip")]
 
 
-def test_cache_is_used_and_keyed_by_content(tree, tmp_path):
+def test_cache_is_used_and_keyed_by_content(tree, tmp_path, caplog):
     _, small1, _ = tree
     archive = zip_folder(small1)
     cache = tmp_path / "cache"
+    caplog.set_level(logging.INFO)
     first = omniglot.load([str(archive)], cache_dir=str(cache))
+    # The first read reports its decoding; a read from the cache decodes nothing.
+    n = len(first.images)
+    decoding = [r.getMessage() for r in caplog.records if "decoding images" in r.getMessage()]
+    assert decoding and decoding[-1].startswith(f"decoding images: {n:,}/{n:,} images")
+    caplog.clear()
     (cached,) = list(cache.iterdir())
     again = omniglot.load([str(archive)], cache_dir=str(cache))
+    assert not any("decoding" in r.getMessage() for r in caplog.records)
     np.testing.assert_array_equal(first.images, again.images)
     assert again.classes == first.classes
     # Changing the source changes the key: a second cache file appears.

@@ -15,9 +15,14 @@ from maml_dist.metrics import read_jsonl
 
 
 def _read_events(tb_dir):
-    """All tensorboard events in `tb_dir`: (tag, kind) pairs, from the TFRecord framing."""
+    """All tensorboard events in `tb_dir`: (tag, kind) pairs, from the TFRecord framing.
+
+    The kind is "image", "scalar", or the plugin's name for plugin data (hparams).
+    """
     found = set()
     for name in os.listdir(tb_dir):
+        if os.path.isdir(os.path.join(tb_dir, name)):
+            continue
         with open(os.path.join(tb_dir, name), "rb") as f:
             data = f.read()
         pos = 0
@@ -26,7 +31,9 @@ def _read_events(tb_dir):
             event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length])
             pos += 12 + length + 4
             for value in event.summary.value:
-                found.add((value.tag, "image" if value.HasField("image") else "scalar"))
+                plugin = value.metadata.plugin_data.plugin_name
+                kind = "image" if value.HasField("image") else plugin or "scalar"
+                found.add((value.tag, kind))
     return found
 
 
@@ -61,6 +68,12 @@ def test_writes_the_workdir_contract(tiny_run):
     ]:
         assert (tag, "scalar") in events, tag
     assert ("eval/adaptation", "image") in events
+    # The config and final validation metrics, for TensorBoard's HParams view.
+    hparams = _read_events(os.path.join(workdir, "tb", "hparams"))
+    assert {("_hparams_/experiment", "hparams"), ("_hparams_/session_start_info", "hparams")} <= (
+        hparams
+    )
+    assert ("eval/mse_after_3_steps", "scalar") in hparams
 
 
 def test_loss_falls(tiny_run):

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from maml_dist.errors import UserInputError
+from maml_dist.progress import Progress
 
 SET_NAMES = (
     "images_background",
@@ -105,9 +106,13 @@ def load(sources: list[str], image_size: int = 28, cache_dir: str | None = None)
     seen: dict[tuple[str, str, str], None] = {}
     class_index: dict[tuple[str, str], int] = {}
     images, labels, drawers = [], [], []
+    # Listed first (a few MB of PNG bytes) so the decoding can report its progress.
+    files = {path: list(_files(path)) for path in sources}
+    progress = Progress("decoding images", sum(map(len, files.values())), "images")
     for path in sources:
         count = 0
-        for (alphabet, character, filename), data, where in _files(path):
+        for (alphabet, character, filename), data, where in files[path]:
+            progress.update()
             if (alphabet, character, filename) in seen:
                 continue  # the same image under another root
             seen[(alphabet, character, filename)] = None
@@ -115,11 +120,12 @@ def load(sources: list[str], image_size: int = 28, cache_dir: str | None = None)
             labels.append(class_index.setdefault((alphabet, character), len(class_index)))
             drawers.append(_drawer(filename))
             count += 1
-        if count == 0 and not any(_files(path)):
+        if count == 0 and not files[path]:
             raise UserInputError(
                 f"{path!r} holds no Omniglot images (expected <set>/<Alphabet>/<character>/"
                 f"<image>.png); {DOWNLOAD_HINT}"
             )
+    progress.close()
     dataset = Omniglot(
         images=np.stack(images).astype(np.uint8),
         labels=np.asarray(labels, np.int32),
