@@ -68,6 +68,7 @@ def test_cache_is_used_and_keyed_by_content(tree, tmp_path, caplog):
     archive = zip_folder(small1)
     cache = tmp_path / "cache"
     caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="absl")
     first = omniglot.load([str(archive)], cache_dir=str(cache))
     # The first read reports its decoding; a read from the cache decodes nothing.
     n = len(first.images)
