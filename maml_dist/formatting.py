@@ -34,12 +34,14 @@ def mean_ci(mean: float | None, ci: float | None, metric: str) -> str:
 def cell(mean, ci, median, nonfinite: int, num_tasks: int, metric: str) -> str:
     """A result cell: mean ± CI, and the median when a few tasks dominate the mean.
 
-    The median is shown beside the mean when they differ by more than half; with
-    non-finite tasks (diverged inner loops) only the median, and how many tasks diverged.
+    The median is shown beside the mean when they differ by more than a factor of 3 (a
+    skewed loss such as the sinusoid's MSE has its mean at ~2x its median without any task
+    dominating); with non-finite tasks (diverged inner loops) only the median, and how many
+    tasks diverged.
     """
     if nonfinite:
         return f"median {number(median, metric)} ({nonfinite} of {num_tasks} not finite)"
     text = mean_ci(mean, ci, metric)
-    if median is not None and median > 0 and mean is not None and not 2 / 3 < mean / median < 1.5:
+    if median is not None and median > 0 and mean is not None and not 1 / 3 < mean / median < 3:
         text += f" (median {number(median, metric)})"
     return text
