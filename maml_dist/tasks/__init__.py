@@ -5,6 +5,7 @@ from __future__ import annotations
 import ml_collections
 
 from maml_dist.tasks.base import TaskFamily
+from maml_dist.tasks.image_folder import ImageFolderFamily
 from maml_dist.tasks.miniimagenet import MiniImageNetFamily
 from maml_dist.tasks.omniglot import OmniglotFamily
 from maml_dist.tasks.sinusoid import Sinusoid
@@ -13,6 +14,7 @@ from maml_dist.types import TaskBatch
 REGISTRY: dict[str, type] = {
     Sinusoid.name: Sinusoid,
     OmniglotFamily.name: OmniglotFamily,
+    ImageFolderFamily.name: ImageFolderFamily,
     MiniImageNetFamily.name: MiniImageNetFamily,
 }
 
