@@ -230,6 +230,14 @@ def test_bad_inputs_stop_with_one_line_before_any_compile(patterns, tmp_path, mo
         f"or remove it"
     )
 
+    nested = tmp_path / "flat" / "empty" / "more"
+    nested.mkdir()
+    message = _refused(_config(tmp_path / "flat", tmp_path), tmp_path, monkeypatch)
+    assert message == (
+        f"unexpected folder '{nested}': images sit at ROOT/<class>/<image>.png or .jpg; move "
+        f"its images up a level or remove it"
+    )
+
     for overrides, expected in (
         ({"data_dir": ""}, "config.data_dir is not set; pass --config.data_dir=ROOT, a folder"),
         ({"image_size": 0}, "config.image_size must be set to the side images are resized to"),
