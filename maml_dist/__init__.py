@@ -20,6 +20,8 @@ from maml_dist.api import Learner, MetaConfig, adapt, evaluate, make_learner, sa
 from maml_dist.models import MLP, ConvNet
 from maml_dist.state import TrainState
 from maml_dist.tasks import REGISTRY as TASK_FAMILIES
+from maml_dist.tasks.image_folder import ImageFolderFamily
+from maml_dist.tasks.miniimagenet import MiniImageNetFamily
 from maml_dist.tasks.omniglot import OmniglotFamily
 from maml_dist.tasks.sinusoid import Sinusoid
 from maml_dist.types import HeadSplit, TaskBatch
@@ -33,9 +35,11 @@ __all__ = [
     "Algorithm",
     "ConvNet",
     "HeadSplit",
+    "ImageFolderFamily",
     "InnerConfig",
     "Learner",
     "MetaConfig",
+    "MiniImageNetFamily",
     "OmniglotFamily",
     "Sinusoid",
     "TaskBatch",

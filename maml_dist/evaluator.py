@@ -248,7 +248,12 @@ def _example(problem, meta_params, task, steps: int):
     task, before, after = jax.device_get((task, before, after))
     if problem.family.kind == "classification":
         return plotting.episode_image(
-            task.support_x, task.support_y, task.query_x, task.query_y, after.argmax(-1)
+            task.support_x,
+            task.support_y,
+            task.query_x,
+            task.query_y,
+            after.argmax(-1),
+            ink=problem.family.ink,
         )
     return {
         "x": task.query_x[:, 0],

@@ -197,16 +197,24 @@ class PatchConv(nn.Module):
 
 
 class ConvNet(nn.Module):
-    """The MAML paper's Omniglot network: blocks of 3x3 conv (stride 2), batch norm, ReLU.
+    """The MAML paper's conv nets: blocks of 3x3 conv, batch norm, ReLU (, 2x2 max-pool).
+
+    The defaults are its Omniglot network (64 filters, stride-2 convs, no pooling). Its
+    mini-ImageNet network is `ConvNet(n, filters=32, strides=1, pool=True)`: stride-1
+    convs, each block ending in a 2x2 stride-2 "VALID" max-pool as in the paper's code
+    (84 -> 42 -> 21 -> 10 -> 5, so the head reads 5 * 5 * 32 = 800 features). Pooling
+    adds no parameters, so both networks have the same parameter names.
 
     Attributes:
         num_classes: width of the linear head (N of N-way).
-        filters: channels of every conv (64 in the paper).
+        filters: channels of every conv (64 for Omniglot, 32 for mini-ImageNet).
         blocks: number of conv blocks (4).
         conv_impl: "xla" (`nn.Conv`) or "im2col" (`PatchConv`: same parameters and
             outputs, much faster under loops on XLA:CPU).
         bn_mode: one of BN_MODES.
         bn_slots: per-step slots of "per_step_running" (training inner steps + 1).
+        strides: the convs' stride (2 for Omniglot; 1 with `pool`).
+        pool: end every block with a 2x2 stride-2 max-pool (after the ReLU).
     """
 
     num_classes: int
@@ -215,12 +223,14 @@ class ConvNet(nn.Module):
     conv_impl: str = "xla"
     bn_mode: str = "transductive"
     bn_slots: int = 2
+    strides: int = 2
+    pool: bool = False
 
     @nn.compact
     def __call__(
         self, x: jax.Array, part: str = "all", step: jax.Array | int = 0, train: bool = False
     ) -> jax.Array:
-        """(B, H, W, 1) images (uint8 ink 0-255, or floats in [0, 1]) -> (B, num_classes).
+        """(B, H, W, C) images (uint8 0-255, or floats in [0, 1]) -> (B, num_classes).
 
         Args:
             x: images, or for `part="head"` the body's (B, features) output.
@@ -236,17 +246,24 @@ class ConvNet(nn.Module):
             for i in range(self.blocks):
                 if self.conv_impl == "im2col":
                     # Named like nn.Conv's so both implementations share checkpoints.
-                    x = PatchConv(self.filters, strides=2, name=f"Conv_{i}")(x)
+                    x = PatchConv(self.filters, strides=self.strides, name=f"Conv_{i}")(x)
                 else:
                     # Named explicitly: a "body" call must not renumber the layers.
-                    x = nn.Conv(self.filters, (3, 3), strides=2, padding="SAME", name=f"Conv_{i}")(
-                        x
-                    )
+                    x = nn.Conv(
+                        self.filters,
+                        (3, 3),
+                        strides=self.strides,
+                        padding="SAME",
+                        name=f"Conv_{i}",
+                    )(x)
                 if self.bn_mode == "transductive":
                     x = BatchStatNorm(name=f"BatchStatNorm_{i}")(x)
                 elif self.bn_mode == "per_step_running":
                     x = StepNorm(self.bn_slots, name=f"StepNorm_{i}")(x, step, train)
                 x = nn.relu(x)
+                if self.pool:
+                    # "VALID", as the paper's code pools: an odd side loses its last row.
+                    x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
             x = x.reshape(x.shape[0], -1)
         if part == "body":
             return x

@@ -67,7 +67,12 @@ class Monitor:
         task, before, after = jax.device_get((task, before, after))
         if self.problem.family.kind == "classification":
             return plotting.episode_image(
-                task.support_x, task.support_y, task.query_x, task.query_y, after.argmax(-1)
+                task.support_x,
+                task.support_y,
+                task.query_x,
+                task.query_y,
+                after.argmax(-1),
+                ink=self.problem.family.ink,
             )
         return plotting.adaptation_image(
             task.query_x[:, 0],

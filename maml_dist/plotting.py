@@ -102,15 +102,25 @@ def save_example_fits(path: str, examples: list[dict]) -> None:
 
 
 def episode_image(
-    support_x, support_y, query_x, query_y, predicted, max_queries: int = 5
+    support_x, support_y, query_x, query_y, predicted, max_queries: int = 5, ink: bool = True
 ) -> np.ndarray:
     """One classification episode as an (H, W, 3) uint8 image for TensorBoard.
 
     A row per class (by label): its support images, a gap, then up to `max_queries` of its
     query images, each framed green when the adapted network's predicted label is right and
     red when wrong, with the predicted label written under it.
+
+    Args:
+        support_x: (B, H, W, C) uint8 support images, C = 1 (grayscale) or 3 (RGB).
+        support_y: their labels.
+        query_x: the query images, likewise.
+        query_y: their labels.
+        predicted: the adapted network's label of each query image.
+        max_queries: query images shown per class.
+        ink: the images are ink (255) on a blank page (0), as Omniglot's: drawn dark on
+            white. Otherwise pixels are drawn as they are.
     """
-    support_x, query_x = np.asarray(support_x)[..., 0], np.asarray(query_x)[..., 0]
+    support_x, query_x = np.asarray(support_x), np.asarray(query_x)
     ways = int(np.max(support_y)) + 1
     size = support_x.shape[1]
     cell = size + 4  # a 2-pixel frame on every side
@@ -124,7 +134,8 @@ def episode_image(
     def put(row, col, image, correct):
         y, x = row * cell, col * cell
         canvas[y : y + cell, x : x + cell] = colors[correct]
-        canvas[y + 2 : y + 2 + size, x + 2 : x + 2 + size] = 1.0 - image[..., None] / 255.0
+        pixels = image / 255.0  # (H, W, C): one channel spreads over the three
+        canvas[y + 2 : y + 2 + size, x + 2 : x + 2 + size] = 1.0 - pixels if ink else pixels
 
     for c in range(ways):
         for j, i in enumerate(np.flatnonzero(np.asarray(support_y) == c)[:shots]):

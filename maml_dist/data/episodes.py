@@ -7,11 +7,26 @@ of devices or processes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Protocol
+
 import numpy as np
 
-from maml_dist.data.omniglot import Omniglot
 from maml_dist.errors import UserInputError
 from maml_dist.types import TaskBatch
+
+
+class LabelledImages(Protocol):
+    """What the sampler reads: Omniglot's images, or any decoded image set.
+
+    Attributes:
+        images: (N, H, W) or (N, H, W, C) uint8, H == W; may be memory-mapped (only the
+            drawn rows are read).
+        labels: (N,) int class index of each image.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
 
 
 class EpisodeSampler:
@@ -24,15 +39,33 @@ class EpisodeSampler:
 
     def __init__(
         self,
-        dataset: Omniglot,
+        dataset: LabelledImages,
         classes: np.ndarray,
         ways: int,
         shots: int,
         queries: int,
         rotations: bool,
+        class_names: Sequence[str] | None = None,
     ):
-        """Indexes the images of `classes` (base class indices into `dataset.classes`)."""
-        self.images = dataset.images
+        """Indexes the images of `classes` (base class indices into the dataset's labels).
+
+        Args:
+            dataset: the images and labels; (N, H, W) images get a channel axis of 1.
+            classes: the base classes episodes draw from (one part of a split).
+            ways: N, classes per episode.
+            shots: K, support images per class.
+            queries: query images per class.
+            rotations: add 90/180/270-degree rotations of every class as classes.
+            class_names: names of all the dataset's classes, to name a class with too few
+                images in the error (None: the error says "a class").
+
+        Raises:
+            UserInputError: if there are fewer than `ways` classes, or a class has fewer
+                than `shots + queries` images.
+        """
+        # A view, not a copy: a memory-mapped set stays on disk until episodes read it.
+        images = dataset.images
+        self.images = images if images.ndim == 4 else images[..., None]
         self.by_class = [np.flatnonzero(dataset.labels == c) for c in classes]
         self.turns = 4 if rotations else 1
         self.num_classes = len(classes) * self.turns
@@ -42,16 +75,20 @@ class EpisodeSampler:
                 f"{ways}-way episodes need at least {ways} classes, the split has "
                 f"{self.num_classes}; lower --config.ways or use more data"
             )
-        fewest = min(len(ix) for ix in self.by_class)
+        sizes = [len(ix) for ix in self.by_class]
+        fewest = min(sizes)
         if shots + queries > fewest:
+            which = "a class"
+            if class_names is not None:
+                which = f"class {class_names[classes[sizes.index(fewest)]]!r}"
             raise UserInputError(
-                f"shots + queries = {shots + queries} images per class, but a class has only "
+                f"shots + queries = {shots + queries} images per class, but {which} has only "
                 f"{fewest}; lower them (training: --config.shots / --config.num_query; "
                 f"maml_dist.evaluate: --shots / --num_query)"
             )
 
     def episode(self, seed: int, stream: int, step: int, index: int) -> TaskBatch:
-        """One episode: support (ways*shots, H, W, 1) uint8 and int32 labels, query likewise.
+        """One episode: support (ways*shots, H, W, C) uint8 and int32 labels, query likewise.
 
         Labels are a fresh permutation per episode: the i-th drawn class gets label i.
         """
@@ -66,9 +103,9 @@ class EpisodeSampler:
             query.append(images[self.shots :])
         labels = np.arange(self.ways, dtype=np.int32)
         return TaskBatch(
-            support_x=np.concatenate(support)[..., None],
+            support_x=np.concatenate(support),
             support_y=np.repeat(labels, self.shots),
-            query_x=np.concatenate(query)[..., None],
+            query_x=np.concatenate(query),
             query_y=np.repeat(labels, self.queries),
         )
 

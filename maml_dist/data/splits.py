@@ -1,4 +1,4 @@
-"""Meta-train / meta-test class splits of Omniglot (disjoint by construction)."""
+"""Meta-train / validation / meta-test class splits (disjoint by construction)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from maml_dist.errors import UserInputError
 
 @dataclasses.dataclass(frozen=True)
 class ClassSplit:
-    """Base class indices (into `Omniglot.classes`) for meta-training, validation, testing.
+    """Base class indices (into a data set's classes) for meta-training, validation, testing.
 
     Attributes:
         train: classes meta-training samples from.
@@ -37,6 +37,40 @@ class ClassSplit:
     def validation_classes(self) -> np.ndarray:
         """The classes validation episodes are drawn from."""
         return self.test if self.validation is None else self.validation
+
+    def part(self, name: str) -> np.ndarray:
+        """The classes of one of PARTS.
+
+        Raises:
+            ValueError: for any other name (no code path falls back to the test classes).
+        """
+        if name not in PARTS:
+            raise ValueError(f"part must be one of {PARTS}, got {name!r}")
+        return {"train": self.train, "validation": self.validation_classes, "test": self.test}[name]
+
+
+# What a task family's `episodes(part, ...)` may ask for.
+PARTS = ("train", "validation", "test")
+# The default split of a data set without one of its own (image folders): of the classes,
+# shuffled by a seed, 60% meta-train, 20% validation, 20% meta-test.
+FRACTIONS = (0.6, 0.2, 0.2)
+
+
+def seeded_split(num_classes: int, seed: int = 0) -> ClassSplit:
+    """Splits classes 0..num_classes-1 by FRACTIONS after shuffling them with `seed`.
+
+    Validation and meta-test get `round(0.2 * num_classes)` classes each and meta-training
+    the rest, so every part has at least one class from 5 classes on; each part is sorted.
+    """
+    order = np.random.default_rng(seed).permutation(num_classes)
+    held = round(FRACTIONS[2] * num_classes)
+    val = round(FRACTIONS[1] * num_classes)
+    train = num_classes - held - val
+    return ClassSplit(
+        train=np.sort(order[:train]),
+        validation=np.sort(order[train : train + val]),
+        test=np.sort(order[train + val :]),
+    )
 
 
 def standard_split(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ml_collections
 
 from maml_dist.tasks.base import TaskFamily
+from maml_dist.tasks.image_folder import ImageFolderFamily
+from maml_dist.tasks.miniimagenet import MiniImageNetFamily
 from maml_dist.tasks.omniglot import OmniglotFamily
 from maml_dist.tasks.sinusoid import Sinusoid
 from maml_dist.types import TaskBatch
@@ -12,6 +14,8 @@ from maml_dist.types import TaskBatch
 REGISTRY: dict[str, type] = {
     Sinusoid.name: Sinusoid,
     OmniglotFamily.name: OmniglotFamily,
+    ImageFolderFamily.name: ImageFolderFamily,
+    MiniImageNetFamily.name: MiniImageNetFamily,
 }
 
 __all__ = ["REGISTRY", "TaskBatch", "TaskFamily", "make_task_family"]
