@@ -94,8 +94,9 @@ def make(
     """MAML++ with the switches of `inner` (`msl`, `lslr`, `doa_steps`, `first_order`).
 
     Args:
-        loss_fn: `loss_fn(params, x, y[, step])`, the meta-test support loss (`step` when
-            `step_net.per_step`).
+        loss_fn: `loss_fn(params, x, y)`, the support loss; used only without
+            `step_net` (the inner steps, in training and at meta-test, descend
+            `step_net.support_fn`).
         inner: inner-loop settings.
         query_fn: `(params, x, y) -> (loss, metrics)`; used only without `step_net`.
         step_net: the network in meta-training mode (`make_step_net`); default
