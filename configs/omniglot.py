@@ -11,8 +11,13 @@ K query images per class in training, as the original data generator draws 2K pe
 the other 423 for meta-testing; rotations by 90/180/270 degrees as new classes.
 
     "5w1s", "5w5s", "20w1s", "20w5s"   the full data set (images_background + _evaluation)
+    "lake_20w1s"                       the full data set, the ten alphabets of Lake et al.'s
+                                       one-shot runs held out whole for meta-testing, four
+                                       others (by split_seed) for validation: the config
+                                       whose error on the runs is a held-out one
     "minimal_5w1s", "minimal_20w1s"    the two minimal splits; Greek and Korean held out
-                                       whole; sized for about an hour on a 2-core CPU
+                                       whole for meta-testing, Tagalog for validation;
+                                       sized for about an hour on a 2-core CPU
     "tiny"                             seconds-long, for tests (needs tiny image data)
 
 Run from the repository root (the named files import this module as `configs.omniglot`):
@@ -28,6 +33,8 @@ accelerators.
 
 import ml_collections
 
+from maml_dist.data import omniglot_runs
+
 _PAPER = {
     # ways, shots: (meta_batch_size, inner_lr, inner_steps)
     (5, 1): (32, 0.4, 1),
@@ -35,7 +42,16 @@ _PAPER = {
     (20, 1): (16, 0.1, 5),
     (20, 5): (16, 0.1, 5),
 }
-VARIANTS = ("5w1s", "5w5s", "20w1s", "20w5s", "minimal_5w1s", "minimal_20w1s", "tiny")
+VARIANTS = (
+    "5w1s",
+    "5w5s",
+    "20w1s",
+    "20w5s",
+    "lake_20w1s",
+    "minimal_5w1s",
+    "minimal_20w1s",
+    "tiny",
+)
 
 
 def get_config(variant: str | None = "5w1s") -> ml_collections.ConfigDict:
@@ -46,7 +62,8 @@ def get_config(variant: str | None = "5w1s") -> ml_collections.ConfigDict:
             f"unknown variant {variant!r} of configs/omniglot.py; use one of {VARIANTS}"
         )
     minimal = variant.startswith("minimal_")
-    ways, shots = (5, 1) if variant == "tiny" else _ways_shots(variant.removeprefix("minimal_"))
+    name = variant.removeprefix("minimal_").removeprefix("lake_")
+    ways, shots = (5, 1) if variant == "tiny" else _ways_shots(name)
     meta_batch, inner_lr, inner_steps = _PAPER[ways, shots]
 
     c = ml_collections.ConfigDict()
@@ -112,6 +129,10 @@ def get_config(variant: str | None = "5w1s") -> ml_collections.ConfigDict:
     c.omniglot.split_seed = 1
     c.omniglot.held_out = ()  # alphabet split: alphabets held out for meta-testing
     c.omniglot.num_held_out = 0  # alphabet split: else this many, chosen by split_seed
+    # Alphabet split: alphabets held out from meta-training for validation (never test
+    # ones), or else this many chosen by split_seed; one of the two is required to train.
+    c.omniglot.validation_alphabets = ()
+    c.omniglot.num_validation_alphabets = 0
     c.omniglot.rotations = True
     c.omniglot.image_size = 28
     c.omniglot.cache_dir = ""  # "" = $XDG_CACHE_HOME/maml_dist
@@ -120,15 +141,22 @@ def get_config(variant: str | None = "5w1s") -> ml_collections.ConfigDict:
         c.omniglot.sets = ("images_background_small1", "images_background_small2")
         c.omniglot.split = "alphabet"
         c.omniglot.held_out = ("Greek", "Korean")
+        c.omniglot.validation_alphabets = ("Tagalog",)
         c.num_query = 5
         c.num_steps = 3_000 if ways == 5 else 1_000
         c.log_every = 50
         c.eval_every = 500
         c.checkpoint_every = 500
+    elif variant == "lake_20w1s":
+        # For Lake et al.'s one-shot runs: their ten alphabets never meta-trained on.
+        c.omniglot.split = "alphabet"
+        c.omniglot.held_out = omniglot_runs.RUN_ALPHABETS
+        c.omniglot.num_validation_alphabets = 4
     elif variant == "tiny":
         c.omniglot.sets = ("images_background_small1", "images_background_small2")
         c.omniglot.split = "alphabet"
         c.omniglot.num_held_out = 1
+        c.omniglot.num_validation_alphabets = 1
         c.omniglot.rotations = False
         c.omniglot.image_size = 8
         c.ways = 2

@@ -25,7 +25,7 @@ from maml_dist import algorithms, meta_test, parallel
 from maml_dist import state as state_lib
 from maml_dist.problem import family_functions, family_head_split, family_step_net
 from maml_dist.tasks.base import TaskFamily
-from maml_dist.types import TEST_STREAM, LossFn, QueryFn, TaskBatch
+from maml_dist.types import TEST_SEED, TEST_STREAM, LossFn, QueryFn, TaskBatch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,11 +170,17 @@ def sample_tasks(
     stream: int = TEST_STREAM,
     seed: int | None = None,
 ) -> TaskBatch:
-    """A fixed set of tasks of the learner's family (device-sampled families only)."""
+    """A fixed set of tasks of the learner's family (device-sampled families only).
+
+    `seed` defaults to the fixed test seed for the test stream (the tasks
+    `maml_dist.evaluate` scores), and to the learner's seed for any other stream.
+    """
     c = learner.config
+    if seed is None:
+        seed = TEST_SEED if stream == TEST_STREAM else c.seed
     return meta_test.sample_tasks(
         learner.family,
-        c.seed if seed is None else seed,
+        seed,
         stream,
         num_tasks,
         c.shots if shots is None else shots,

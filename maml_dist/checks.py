@@ -178,6 +178,8 @@ RESUMABLE_CHANGES = frozenset(
 LATER_FIELDS = {"meta_lr_schedule": "auto", "meta_lr_min": 1e-5, "mamlpp": MAMLPP_DEFAULTS}
 LATER_CONV_FIELDS = {"bn_momentum": 0.1}
 LATER_CONV_MODEL_FIELDS = {"bn_mode": "auto"}
+# Omniglot runs before the alphabet split had validation alphabets (0.3).
+LATER_OMNIGLOT_FIELDS = {"validation_alphabets": [], "num_validation_alphabets": 0}
 
 
 def _with_later_fields(saved: dict) -> dict:
@@ -186,6 +188,8 @@ def _with_later_fields(saved: dict) -> dict:
     model = saved.get("model")
     if isinstance(model, dict) and "filters" in model:
         out = {**LATER_CONV_FIELDS, **out, "model": {**LATER_CONV_MODEL_FIELDS, **model}}
+    if isinstance(saved.get("omniglot"), dict):
+        out["omniglot"] = {**LATER_OMNIGLOT_FIELDS, **saved["omniglot"]}
     return out
 
 

@@ -17,7 +17,7 @@ from maml_dist.errors import UserInputError
 # Config fields that change neither the training nor the test: not worth a column.
 _NOT_COMPARED = (RESUMABLE_CHANGES - {"num_steps"}) | {"omniglot.cache_dir"}
 # What makes two meta-tests comparable: the same tasks, scored the same way.
-_TASK_SET = ("task", "metric", "seed", "num_tasks", "num_query")
+_TASK_SET = ("task", "metric", "test_seed", "num_tasks", "num_query", "protocol")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +68,13 @@ def load_run(workdir: str) -> Run:
 def _protocol(report: dict) -> dict:
     """The task set and scoring of a meta-test, field by field."""
     protocol = {k: report.get(k) for k in _TASK_SET}
+    if "test_seed" not in report:  # reports before 0.3 drew test tasks with the run's seed
+        protocol["test_seed"] = report.get("seed")
+        protocol["protocol"] = "standard" if report.get("num_query") in (15, 100) else "custom"
+    # Classification: the same meta-test classes, from the same images.
+    split = report.get("split") or {}
+    protocol["meta-test classes"] = split.get("test_classes")
+    protocol["data checksum"] = split.get("checksum")
     for r in report["results"]:
         k = r["shots"]
         protocol[f"ways (K={k})"] = r.get("ways")
@@ -88,8 +95,8 @@ def check_comparable(runs: list[Run]) -> None:
                 raise UserInputError(
                     f"{runs[0].name} and {run.name} were meta-tested differently ({field}: "
                     f"{value!r} against {other.get(field)!r}); re-run `python -m "
-                    f"maml_dist.evaluate` on both with the same --seed, --num_tasks, --shots, "
-                    f"--num_query and --max_inner_steps"
+                    f"maml_dist.evaluate` on both with the same --test_seed, --protocol, "
+                    f"--num_tasks, --shots, --num_query and --max_inner_steps (and data)"
                 )
 
 
@@ -120,7 +127,7 @@ def table(runs: list[Run]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
     lines = [
         f"query {metric} (mean ± 95% CI) over {runs[0].report['num_tasks']} test tasks, "
-        f"seed {runs[0].report['seed']}",
+        f"test seed {_protocol(runs[0].report)['test_seed']}",
         "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)),
         "  ".join("-" * w for w in widths),
     ]

@@ -6,6 +6,7 @@ import jax
 from absl import app, flags
 
 from maml_dist import cli, evaluator
+from maml_dist.types import TEST_SEED
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by maml_dist.train.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: latest).")
@@ -14,14 +15,32 @@ _SHOTS = flags.DEFINE_list(
     "shots", None, "Support-set sizes K to test (default 5,10,20; classification: the run's K)."
 )
 _MAX_INNER = flags.DEFINE_integer("max_inner_steps", 10, "Report after 0..N inner steps.")
-_SEED = flags.DEFINE_integer("seed", None, "Seed of the test tasks (default: the run's seed).")
+_TEST_SEED = flags.DEFINE_integer(
+    "test_seed",
+    TEST_SEED,
+    "Seed of the test tasks; fixed by default, whatever the run's seed, so that runs are "
+    "scored on the same tasks.",
+)
+_PROTOCOL = flags.DEFINE_enum(
+    "protocol",
+    "standard",
+    evaluator.PROTOCOLS,
+    "Query sets: standard (15 images per class; 100 points per regression task) or "
+    "maml_code (K per class, as the original MAML code).",
+)
 _NUM_QUERY = flags.DEFINE_integer(
-    "num_query", None, "Query points per test task (default 100), or per class (default 15)."
+    "num_query", None, "Query points per test task, or per class (overrides --protocol)."
 )
 _RUNS = flags.DEFINE_string(
     "omniglot_runs",
     None,
     "Lake et al.'s one-shot runs (a folder or all_runs.zip): also report their error rates.",
+)
+_ALLOW_OVERLAP = flags.DEFINE_bool(
+    "allow_overlap",
+    False,
+    "Score --omniglot_runs even if meta-training saw characters of their alphabets "
+    "(results.json lists those alphabets).",
 )
 _DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "Where the run's data set is now (default: where training read it)."
@@ -44,14 +63,16 @@ def main(argv):
     def run():
         report = evaluator.evaluate(
             _WORKDIR.value,
-            _STEP.value,
-            _NUM_TASKS.value,
-            shots,
-            _MAX_INNER.value,
-            _SEED.value,
-            _NUM_QUERY.value,
-            _RUNS.value,
-            _DATA_DIR.value,
+            step=_STEP.value,
+            num_tasks=_NUM_TASKS.value,
+            shots=shots,
+            max_inner_steps=_MAX_INNER.value,
+            test_seed=_TEST_SEED.value,
+            num_query=_NUM_QUERY.value,
+            omniglot_runs=_RUNS.value,
+            data_dir=_DATA_DIR.value,
+            protocol=_PROTOCOL.value,
+            allow_overlap=_ALLOW_OVERLAP.value,
         )
         if jax.process_index() == 0:
             print(evaluator.format_table(report))

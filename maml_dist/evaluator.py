@@ -12,13 +12,13 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from maml_dist import checks, formatting, meta_test, parallel, plotting
+from maml_dist import checks, formatting, meta_test, parallel, plotting, recorded_split
 from maml_dist import state as state_lib
 from maml_dist.checkpointing import Checkpointer, has_checkpoint
 from maml_dist.data import omniglot_runs as omniglot_runs_lib
 from maml_dist.problem import make_problem
 from maml_dist.progress import Progress
-from maml_dist.types import TEST_STREAM, TaskBatch
+from maml_dist.types import TEST_SEED, TEST_STREAM, TaskBatch
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
@@ -75,22 +75,33 @@ def restore_params(config: ml_collections.ConfigDict, workdir: str, step: int | 
     return state.meta_params, step
 
 
+# Query sets of meta-testing: "standard" is the common protocol of few-shot papers (15
+# images per class; 100 points per sinusoid); "maml_code" the original MAML code's (K per
+# class, as its data generator draws 2K images per class and splits them in half).
+PROTOCOLS = ("standard", "maml_code")
+
+
 def evaluate(
     workdir: str,
     step: int | None = None,
     num_tasks: int = 600,
     shots: tuple[int, ...] | None = None,
     max_inner_steps: int = 10,
-    seed: int | None = None,
+    test_seed: int = TEST_SEED,
     num_query: int | None = None,
     omniglot_runs: str | None = None,
     data_dir: str | None = None,
+    protocol: str = "standard",
+    allow_overlap: bool = False,
 ) -> dict:
     """Meta-tests a checkpoint on `num_tasks` fixed test tasks for each K in `shots`.
 
-    Test tasks come from the seed's test stream (and, for classification, from the
-    meta-test classes), which training never samples. Writes `workdir/eval/results.json`,
-    `curves.png` and an example picture (`example_fits.png` or `example_episode.png`).
+    Test tasks come from the test stream of `test_seed` (and, for classification, from the
+    meta-test classes), which training never samples; the seed does not depend on the
+    run's, so runs of any seed are scored on the same tasks. A classification run's data
+    must give the class split it recorded in `DIR/split.json`. Writes
+    `workdir/eval/results.json`, `curves.png` and an example picture (`example_fits.png`
+    or `example_episode.png`).
 
     Args:
         workdir: the run directory.
@@ -99,12 +110,15 @@ def evaluate(
         shots: support sizes K (default: 5, 10, 20 for regression; the run's K for
             classification, whose N is fixed by the network's head).
         max_inner_steps: report after 0..max_inner_steps inner steps.
-        seed: seed of the test tasks (default: the run's).
-        num_query: query points per task (regression, default 100) or query images per
-            class (classification, default 15).
+        test_seed: seed of the test tasks.
+        num_query: query points per task (regression) or query images per class
+            (classification); overrides the protocol's.
         omniglot_runs: path of Lake et al.'s one-shot runs (folder or all_runs.zip), to
             report their error rates too (20-way classification runs only).
         data_dir: where the data set is now, if not where training read it.
+        protocol: one of PROTOCOLS, the size of the query sets.
+        allow_overlap: score the one-shot runs even when meta-training saw characters of
+            their alphabets (the report says so).
 
     Returns:
         The results dict (see README for its shape).
@@ -118,6 +132,11 @@ def evaluate(
         raise checks.UserInputError(
             "need --num_tasks >= 2, --max_inner_steps >= 0, --num_query >= 1 and positive "
             "--shots (e.g. --shots=5,10,20)"
+        )
+    protocol_asked = protocol
+    if protocol not in PROTOCOLS:
+        raise checks.UserInputError(
+            f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}"
         )
     config = load_run_config(workdir)
     if data_dir is not None:
@@ -133,20 +152,66 @@ def evaluate(
         raise checks.UserInputError(
             f"the one-shot runs are 20-way Omniglot problems; this run is {family.name!r}"
             + (f" {config.ways}-way" if family.name == "omniglot" else "")
-            + ", so evaluate a 20-way run (e.g. one of configs/omniglot_20w1s.py)"
+            + ", so evaluate a 20-way run (e.g. configs/omniglot_minimal_20w1s.py)"
         )
-    runs = None
+    split = None
+    if classification:
+        split = family.split_record()
+        checked = recorded_split.check(
+            workdir,
+            split,
+            config.data_dir,
+            "pass the data the run was trained on with --data_dir, or retrain on this data",
+        )
+        if not checked:
+            logging.warning(
+                "%s has no %s (the run predates split records), so the split rebuilt from "
+                "the data is not checked against the one it was trained on",
+                workdir,
+                recorded_split.FILE,
+            )
+    runs, overlapping = None, []
     if omniglot_runs is not None:  # read before any compile, so bad files fail fast
         runs = omniglot_runs_lib.load_runs(omniglot_runs, config.omniglot.image_size)
+        overlapping = omniglot_runs_lib.overlap(runs, split["train"])
+        unknown = [r.name for r in runs if omniglot_runs_lib.run_alphabet(r.name) is None]
+        if unknown and not allow_overlap:
+            raise checks.UserInputError(
+                f"cannot tell which alphabet one-shot run {unknown[0]!r} comes from (Lake et "
+                f"al.'s are run01..run20), so not whether meta-training saw it; pass "
+                f"--allow_overlap to score it regardless"
+            )
+        if overlapping and not allow_overlap:
+            raise checks.UserInputError(
+                f"this run meta-trained on characters of {len(overlapping)} of the one-shot "
+                f"runs' alphabets ({', '.join(overlapping)}), so their error would not be a "
+                f"held-out one; evaluate a run without them (e.g. configs/"
+                f"omniglot_minimal_20w1s.py or configs/omniglot_lake_20w1s.py), or pass "
+                f"--allow_overlap to report it marked as overlapping"
+            )
     shots = shots or ((config.shots,) if classification else (5, 10, 20))
-    num_query = num_query or (15 if classification else 100)
-    seed = config.seed if seed is None else seed
+    protocol = protocol if num_query is None else "custom"
+    if num_query is None:
+        if protocol == "maml_code":
+            # K per class (per task, for regression): the same for every K in `shots`.
+            if len(set(shots)) > 1:
+                raise checks.UserInputError(
+                    f"--protocol=maml_code takes K queries per class, one K at a time; got "
+                    f"--shots={','.join(map(str, shots))}"
+                )
+            num_query = shots[0]
+        else:
+            num_query = 15 if classification else 100
+    elif protocol_asked == "maml_code":
+        raise checks.UserInputError(
+            "--protocol=maml_code sets the query size (K per class); drop --num_query"
+        )
     meta_params, step = restore_params(config, workdir, step, problem)
     metrics = (problem.score_fn,)
 
     results, examples = [], []
     for k in shots:
-        test = problem.fixed_tasks(seed, TEST_STREAM, num_tasks, k, num_query)
+        test = problem.fixed_tasks(test_seed, TEST_STREAM, num_tasks, k, num_query)
         curves = meta_test.adaptation_curves(
             problem.algorithm,
             meta_params,
@@ -182,7 +247,10 @@ def evaluate(
         "metric": family.metric,
         "num_tasks": num_tasks,
         "step": int(step),
-        "seed": seed,
+        # The test tasks: the same for every run with this seed (not the training seed).
+        "test_seed": test_seed,
+        "train_seed": config.seed,
+        "protocol": protocol,
         "num_query": num_query,
         "algorithm": config.algorithm,
         # The configured rate; Meta-SGD adapts with its learned rates (this is their start).
@@ -194,8 +262,18 @@ def evaluate(
         "meta_lr_schedule": state_lib.resolve_schedule(config),
         "results": results,
     }
+    if split is not None:
+        report["split"] = {
+            "checked": checked,  # against DIR/split.json (False: the run predates it)
+            "classes": {part: len(split[part]) for part in recorded_split.PARTS},
+            "test_classes": recorded_split.names_digest(split["test"]),
+            "checksum": split["checksum"],
+        }
     if runs is not None:
         report["omniglot_runs"] = _one_shot_runs(problem, meta_params, runs, max_inner_steps)
+        # Which of the runs' alphabets meta-training saw characters of (--allow_overlap),
+        # and which runs' alphabets are unknown; both empty for a held-out error rate.
+        report["omniglot_runs"].update(overlap=overlapping, unknown_alphabet=unknown)
     if jax.process_index() == 0:
         out = os.path.join(workdir, "eval")
         os.makedirs(out, exist_ok=True)

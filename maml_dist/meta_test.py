@@ -7,8 +7,11 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from maml_dist import algorithms
+from maml_dist import algorithms, parallel
+from maml_dist.parallel import AXIS
 from maml_dist.progress import Progress
 from maml_dist.tasks.base import TaskFamily
 from maml_dist.types import LossFn, TaskBatch, stream_key, task_key
@@ -39,26 +42,39 @@ def adaptation_curves(
 ) -> np.ndarray:
     """Query metrics of every task after 0..steps inner steps: (num_tasks, steps + 1, M).
 
-    The inner steps are the algorithm's meta-test steps (`algorithm.inner_step`).
+    The inner steps are the algorithm's meta-test steps (`algorithm.inner_step`). The
+    tasks are split over every device of the mesh `meta_params` live on (all processes
+    of it), each device adapting to its own; every process gets every task's curve.
+    `tasks` must be the same on every process (host arrays, or fully addressable ones).
 
-    Tasks go through in chunks of `chunk` (one compiled program, the last chunk padded),
-    so memory stays that of `chunk` tasks whatever their number: 600 20-way 5-shot
-    episodes at once would need tens of GiB of conv activations. The default is 10 tasks
-    on CPU, where smaller chunks run faster (100 Omniglot 5-way 1-shot tasks, 10 steps:
-    13.0 s in one chunk, 7.0 s in chunks of 10), and 100 on accelerators. `progress`, if
-    given, is told of each finished chunk's tasks.
+    Tasks go through in chunks of about `chunk` (one compiled program, the last chunk
+    padded), so memory stays that of a chunk whatever the number of tasks: 600 20-way
+    5-shot episodes at once would need tens of GiB of conv activations. The default is
+    10 tasks per device on CPU, where smaller chunks run faster (100 Omniglot 5-way 1-shot
+    tasks, 10 steps, one device: 13.0 s in one chunk, 7.0 s in chunks of 10), and 100 on
+    accelerators. `progress`, if given, is told of each finished chunk's tasks.
     """
     num_tasks = jax.tree.leaves(tasks)[0].shape[0]
+    mesh, meta_params = _task_mesh(meta_params)
+    devices = mesh.shape[AXIS]
     if chunk is None:
-        chunk = 10 if jax.default_backend() == "cpu" else 100
-    chunk = min(chunk, num_tasks)
-    sharding = jax.tree.leaves(meta_params)[0].sharding
+        chunk = (10 if jax.default_backend() == "cpu" else 100) * devices
+    per_device = -(-min(chunk, num_tasks) // devices)
+    chunk = per_device * devices
+    sharding = NamedSharding(mesh, P(AXIS))
+    host = jax.tree.map(np.asarray, tasks)
+    run = _curves_fn(algorithm, steps, metrics, mesh)
     out = []
     for start in range(0, num_tasks, chunk):
         # Indices past the end repeat the last task; their rows are dropped below.
         rows = np.minimum(np.arange(start, start + chunk), num_tasks - 1)
-        part = jax.device_put(jax.tree.map(lambda a, r=rows: np.asarray(a)[r], tasks), sharding)
-        out.append(jax.device_get(_curves(algorithm, meta_params, part, steps, metrics)))
+        part = jax.tree.map(
+            lambda a, r=rows: jax.make_array_from_callback(
+                (chunk, *a.shape[1:]), sharding, lambda index, c=a[r]: c[index]
+            ),
+            host,
+        )
+        out.append(np.asarray(jax.device_get(run(meta_params, part))))
         if progress is not None:
             progress.update(min(chunk, num_tasks - start))
     if progress is not None:
@@ -66,11 +82,37 @@ def adaptation_curves(
     return np.concatenate(out)[:num_tasks]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4))
-def _curves(algorithm, meta_params, tasks: TaskBatch, steps: int, metrics) -> jax.Array:
-    return jax.vmap(
-        lambda t: algorithms.adaptation_curve(algorithm, meta_params, t, steps, metrics)
-    )(tasks)
+def _task_mesh(meta_params):
+    """The mesh `meta_params` are replicated over, and them on it.
+
+    Parameters on one device (a notebook's, not placed on a mesh) get a one-device mesh.
+    """
+    sharding = jax.tree.leaves(meta_params)[0].sharding
+    if isinstance(sharding, NamedSharding) and AXIS in sharding.mesh.shape:
+        return sharding.mesh, meta_params
+    mesh = parallel.make_mesh(sorted(sharding.device_set, key=lambda d: d.id)[:1])
+    return mesh, jax.device_put(meta_params, parallel.replicated(mesh))
+
+
+@functools.lru_cache(maxsize=32)
+def _curves_fn(algorithm, steps: int, metrics, mesh):
+    """The jitted sharded curves of one chunk: `(meta_params, tasks) -> (chunk, steps+1, M)`.
+
+    Cached so that every chunk, and every call with the same arguments (the trainer's
+    validations), reuses one compiled program.
+    """
+
+    def body(meta_params, tasks):
+        # Without this, a gradient w.r.t. the replicated parameters inside shard_map comes
+        # back summed over devices (README trap 1): each task would adapt on all of them.
+        meta_params = jax.lax.pcast(meta_params, AXIS, to="varying")
+        return jax.vmap(
+            lambda t: algorithms.adaptation_curve(algorithm, meta_params, t, steps, metrics)
+        )(tasks)
+
+    sharded = jax.shard_map(body, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS))
+    # Replicated output: an all-gather of the curves, so every process can read them all.
+    return jax.jit(sharded, out_shardings=parallel.replicated(mesh))
 
 
 def median(values: np.ndarray) -> np.ndarray:

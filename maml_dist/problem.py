@@ -13,6 +13,7 @@ from maml_dist import algorithms, meta_test, tasks
 from maml_dist.tasks.base import TaskFamily
 from maml_dist.types import (
     IMAGE_STREAM,
+    TEST_STREAM,
     TRAIN_STREAM,
     VALIDATION_STREAM,
     HeadSplit,
@@ -65,10 +66,20 @@ class Problem:
         """
         if not self.family.host_sampled:
             return meta_test.sample_tasks(self.family, seed, stream, num_tasks, shots, num_query)
-        parts = {TRAIN_STREAM: "train", VALIDATION_STREAM: "validation", IMAGE_STREAM: "validation"}
-        part = parts.get(stream, "test")
+        if stream not in STREAM_PARTS:
+            raise ValueError(f"stream must be one of {sorted(STREAM_PARTS)}, got {stream!r}")
+        part = STREAM_PARTS[stream]
         sampler = self.family.episodes(part, shots, num_query)
         return sampler.batch(seed, stream, 0, range(num_tasks))
+
+
+# The part of the class split each key stream draws from; no stream falls back to another.
+STREAM_PARTS = {
+    TRAIN_STREAM: "train",
+    VALIDATION_STREAM: "validation",
+    IMAGE_STREAM: "validation",
+    TEST_STREAM: "test",
+}
 
 
 # MAML++'s switches, for configs written before MAML++ existed (which all ran MAML).

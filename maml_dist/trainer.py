@@ -11,7 +11,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from maml_dist import checks, parallel
+from maml_dist import checks, parallel, recorded_split
 from maml_dist import state as state_lib
 from maml_dist.checkpointing import Checkpointer
 from maml_dist.feed import HostFeed
@@ -20,11 +20,14 @@ from maml_dist.monitor import Monitor
 from maml_dist.problem import Problem, make_problem
 
 
-def check_inputs(config: ml_collections.ConfigDict, workdir: str, num_devices: int) -> Problem:
+def check_inputs(
+    config: ml_collections.ConfigDict, workdir: str, num_devices: int
+) -> tuple[Problem, dict | None]:
     """All user-input checks, before any compile or any write to the workdir's run files.
 
     Returns:
-        The config's Problem (with its data read, for host-sampled families).
+        The config's Problem (with its data read, for host-sampled families), and the
+        class split's record for `DIR/split.json` (None for families without classes).
 
     Raises:
         checks.UserInputError: with one sentence naming the problem and the fix.
@@ -36,6 +39,15 @@ def check_inputs(config: ml_collections.ConfigDict, workdir: str, num_devices: i
         # for the episodes fails here rather than after the workdir is written.
         for part in ("train", "validation"):
             problem.family.episodes(part, config.shots, config.num_query)
+    record = None
+    if problem.family.kind == "classification":
+        record = problem.family.split_record()
+        recorded_split.check(
+            workdir,
+            record,
+            config.data_dir,
+            "pass the data this run was trained on (--config.data_dir), or start a new --workdir",
+        )
     checks.check_meta_batch(config.meta_batch_size, num_devices, config.pad_meta_batch)
     checks.check_workdir_writable(workdir)
     saved = os.path.join(workdir, "config.json")
@@ -44,7 +56,7 @@ def check_inputs(config: ml_collections.ConfigDict, workdir: str, num_devices: i
             saved_config = json.load(f)
         checks.check_run_format(saved_config, workdir)
         checks.check_resume_compatible(saved_config, config)
-    return problem
+    return problem, record
 
 
 def chunk_end(step: int, config: ml_collections.ConfigDict) -> int:
@@ -81,7 +93,7 @@ def train_and_evaluate(
         The final TrainState.
     """
     devices = jax.devices() if devices is None else devices
-    problem = check_inputs(config, workdir, len(devices))
+    problem, split_record = check_inputs(config, workdir, len(devices))
     is_main = jax.process_index() == 0
     mesh = parallel.make_mesh(devices)
     tx, schedule = state_lib.make_meta_optimizer(config)
@@ -106,6 +118,8 @@ def train_and_evaluate(
     if is_main:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json(indent=2))
+        if split_record is not None and recorded_split.read(workdir) is None:
+            recorded_split.write(workdir, split_record)
     writer = MetricWriter(workdir, is_main, resume_step=step)
     monitor = Monitor(config, problem, replicated)
 

@@ -54,6 +54,9 @@ class HeadSplit(NamedTuple):
 TRAIN_STREAM = 0
 VALIDATION_STREAM = 1
 TEST_STREAM = 2
+# The seed meta-test tasks are drawn with, whatever the run's own seed, so that runs of
+# different seeds (and algorithms) are scored on the same tasks.
+TEST_SEED = 0
 IMAGE_STREAM = 3  # the one task pictured in TensorBoard during training
 
 

@@ -128,8 +128,37 @@ def test_alphabet_split_is_disjoint_by_alphabet(tree):
     np.testing.assert_array_equal(by_seed.test, again.test)
     with pytest.raises(UserInputError, match="unknown alphabet"):
         splits.alphabet_split(data, held_out=("Klingon",))
-    with pytest.raises(UserInputError, match="at least one and at most 2"):
+    with pytest.raises(UserInputError, match="leaving none of the 3 to meta-train on"):
         splits.alphabet_split(data, num_held_out=3)
+    with pytest.raises(UserInputError, match="at least one of the 3 alphabets"):
+        splits.alphabet_split(data, num_validation=1)
+
+
+def test_alphabet_split_validation_is_held_out_from_training_never_from_the_test(tree):
+    _, small1, small2 = tree
+    data = omniglot.load([str(small1), str(small2)])
+    alphabet = lambda classes: {data.classes[i][0] for i in classes}  # noqa: E731
+    named = splits.alphabet_split(data, held_out=("Gamma",), validation=("Alpha",))
+    assert (alphabet(named.train), alphabet(named.validation)) == ({"Beta"}, {"Alpha"})
+    assert alphabet(named.test) == {"Gamma"}
+    for seed in range(6):  # drawn by seed: never a test alphabet, never empty
+        drawn = splits.alphabet_split(data, held_out=("Gamma",), num_validation=1, seed=seed)
+        assert len(alphabet(drawn.validation)) == 1
+        assert not alphabet(drawn.validation) & ({"Gamma"} | alphabet(drawn.train))
+        assert drawn.train.size and drawn.test.size
+    with pytest.raises(UserInputError, match=r"\['Gamma'\] are named for both validation"):
+        splits.alphabet_split(data, held_out=("Gamma",), validation=("Gamma",))
+    with pytest.raises(UserInputError, match="leaving none of the 3 to meta-train on"):
+        splits.alphabet_split(data, held_out=("Gamma",), num_validation=2)
+    # Without validation alphabets (runs made before they existed) no part stands in for it.
+    legacy = splits.alphabet_split(data, held_out=("Gamma",))
+    assert legacy.validation is None
+    with pytest.raises(UserInputError, match="has no validation classes"):
+        legacy.part("validation")
+    with pytest.raises(ValueError, match="part must be one of"):
+        legacy.part("val")
+    with pytest.raises(ValueError, match="validation and meta-test classes overlap"):
+        splits.ClassSplit(train=np.arange(2), validation=np.arange(2, 4), test=np.arange(3, 5))
 
 
 def test_standard_split_is_seeded_and_disjoint(tree):

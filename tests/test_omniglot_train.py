@@ -24,10 +24,10 @@ TINY = f"--config={ROOT / 'configs' / 'omniglot.py'}:tiny"
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    """Generated sets: 3 training alphabets, and Delta (6 characters) held out."""
+    """Generated sets: 4 training alphabets, and Delta (6 characters) held out."""
     root = tmp_path_factory.mktemp("omniglot")
     make_omniglot_set(root, "images_background_small1", {"Alpha": 4, "Beta": 4, "Gamma": 4})
-    make_omniglot_set(root, "images_background_small2", {"Delta": 6, "Gamma": 4})
+    make_omniglot_set(root, "images_background_small2", {"Delta": 6, "Epsilon": 6, "Gamma": 4})
     return root
 
 
@@ -193,35 +193,49 @@ def test_one_shot_runs_reader_takes_folders_and_zips(tmp_path):
 def test_one_shot_runs_evaluation_reports_per_run_and_overall_error(data, tmp_path):
     config = _config(data, tmp_path, ways=20, num_steps=2, eval_every=2, checkpoint_every=2)
     config.omniglot.rotations = True  # 24 held-out classes for 20-way episodes
+    config.omniglot.validation_alphabets = ("Epsilon",)
     workdir = tmp_path / "twenty"
     state = trainer.train_and_evaluate(config, str(workdir), jax.devices()[:1])
     runs_dir, _ = make_one_shot_runs(tmp_path / "all_runs", num_runs=3)
+    steps = 3
     proc, _ = _run(
         "maml_dist.evaluate",
         f"--workdir={workdir}",
         "--num_tasks=4",
         "--num_query=3",
-        "--max_inner_steps=0",
+        f"--max_inner_steps={steps}",
         f"--omniglot_runs={zip_folder(runs_dir)}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "one-shot runs (Lake et al. 2015), error after 0 inner steps" in proc.stdout
+    assert f"one-shot runs (Lake et al. 2015), error after {steps} inner steps" in proc.stdout
     assert "run03:" in proc.stdout
     report = json.loads((workdir / "eval" / "results.json").read_text())["omniglot_runs"]
     assert [r["run"] for r in report["per_run"]] == ["run01", "run02", "run03"]
+    assert report["overlap"] == [] and report["unknown_alphabet"] == []
 
-    # With 0 inner steps the error is that of the meta-parameters themselves: recompute
-    # it directly from the network's predictions on each run's test images.
+    # Recompute each run's error directly: adapt on its 20 training images, labelled 0..19
+    # in class order, then classify its test images. Adapting with the support labels
+    # shuffled gives other errors, so a support-label mix-up in the evaluator shows here.
     problem = make_problem(config)
-    errors = []
-    for run in omniglot_runs.load_runs(str(runs_dir), image_size=8):
-        logits = problem.model.apply(
-            {"params": state.meta_params["params"]}, run.query_x[..., None]
-        )
-        errors.append(float(np.mean(np.argmax(logits, -1) != run.query_y)))
+    apply = jax.jit(lambda p, x: problem.model.apply({"params": p}, x))
+
+    def errors(shuffle):
+        out = []
+        for run in omniglot_runs.load_runs(str(runs_dir), image_size=8):
+            labels = np.arange(20)
+            if shuffle:
+                labels = np.random.default_rng(0).permutation(labels)
+            adapted = problem.algorithm.adapt(
+                state.meta_params, run.support_x[..., None], labels, steps
+            )
+            logits = apply(adapted, run.query_x[..., None])
+            out.append(float(np.mean(np.argmax(logits, -1) != run.query_y)))
+        return out
+
     got = [r["error_rate"] for r in report["per_run"]]
-    np.testing.assert_allclose(got, errors, atol=1e-6)
-    np.testing.assert_allclose(report["error_rate"], np.mean(errors), atol=1e-6)
+    np.testing.assert_allclose(got, errors(shuffle=False), atol=1e-6)
+    np.testing.assert_allclose(report["error_rate"], np.mean(got), atol=1e-6)
+    assert not np.allclose(got, errors(shuffle=True), atol=1e-6)
 
 
 def test_runs_need_a_20_way_omniglot_run_and_bad_data_fails_before_compile(data, tmp_path):

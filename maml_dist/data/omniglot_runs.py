@@ -26,6 +26,44 @@ RUNS_HINT = (
 )
 
 
+# The alphabet of each run: two runs for each of ten alphabets of images_evaluation, in
+# this order (run01 and run02 Atlantean, ...). Established by matching the runs' images with
+# the data set's files (github.com/jvlmdr/omniglot-eval, lake-evaluation/run_alphabets.txt).
+RUN_ALPHABETS = (
+    "Atlantean",
+    "Ge_ez",
+    "Glagolitic",
+    "Gurmukhi",
+    "Kannada",
+    "Malayalam",
+    "Manipuri",
+    "Old_Church_Slavonic_(Cyrillic)",
+    "Tengwar",
+    "Tibetan",
+)
+
+
+def run_alphabet(name: str) -> str | None:
+    """The alphabet of Lake et al.'s run `name` ("run01" ... "run20"), or None if unknown."""
+    if len(name) == 5 and name.startswith("run") and name[3:].isdigit():
+        number = int(name[3:])
+        if 1 <= number <= 2 * len(RUN_ALPHABETS):
+            return RUN_ALPHABETS[(number - 1) // 2]
+    return None
+
+
+def overlap(runs: list[OneShotRun], train_classes: list[str]) -> list[str]:
+    """The runs' alphabets that meta-training saw characters of, sorted.
+
+    Args:
+        runs: the one-shot runs; those of unknown alphabet (`run_alphabet`) are not counted.
+        train_classes: the meta-training classes, as "Alphabet/character".
+    """
+    alphabets = {run_alphabet(run.name) for run in runs} - {None}
+    trained = {name.split("/", 1)[0] for name in train_classes}
+    return sorted(alphabets & trained)
+
+
 @dataclasses.dataclass(frozen=True)
 class OneShotRun:
     """One 20-way 1-shot problem.

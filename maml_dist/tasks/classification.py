@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from maml_dist import models
+from maml_dist import models, recorded_split
 from maml_dist.data import splits
 from maml_dist.data.episodes import EpisodeSampler
 from maml_dist.errors import UserInputError
@@ -120,9 +120,28 @@ class ImageClassification:
                     f"split, but its {part} part has {count} ({where}); {fix}"
                 )
 
-    def class_names(self) -> tuple[str, ...] | None:
-        """Class names for error messages (None: classes are not named in them)."""
-        return None
+    def class_names(self) -> tuple[str, ...]:
+        """Every class's name, by class index: in messages and in the recorded split."""
+        raise NotImplementedError
+
+    def split_record(self) -> dict:
+        """The class split as `DIR/split.json` records it (`maml_dist.recorded_split`).
+
+        Returns:
+            `{"train": [...], "validation": [...], "test": [...], "checksum": "..."}`:
+            class names per part (validation empty for splits of older runs without
+            one), and a checksum of the decoded images and their labels, which does not
+            depend on where the data lives or whether it is zipped.
+        """
+        dataset, split = self.data
+        names = self.class_names()
+        parts = {"train": split.train, "validation": split.validation, "test": split.test}
+        record = {
+            part: [] if classes is None else [names[i] for i in classes]
+            for part, classes in parts.items()
+        }
+        record["checksum"] = recorded_split.checksum(dataset.images, dataset.labels, names)
+        return record
 
     def episodes(self, part: str, shots: int, queries: int) -> EpisodeSampler:
         """A sampler of `self.ways`-way episodes from one part ("train", ...) of the split.

@@ -53,5 +53,17 @@ class OmniglotFamily(ImageClassification):
         if o.split == "standard":
             split = splits.standard_split(dataset, o.num_train, o.split_seed, o.num_validation)
         else:
-            split = splits.alphabet_split(dataset, tuple(o.held_out), o.num_held_out, o.split_seed)
+            split = splits.alphabet_split(
+                dataset,
+                tuple(o.held_out),
+                o.num_held_out,
+                o.split_seed,
+                # Runs made before the alphabet split had validation alphabets lack these.
+                tuple(o.get("validation_alphabets", ())),
+                o.get("num_validation_alphabets", 0),
+            )
         return dataset, split
+
+    def class_names(self) -> tuple[str, ...]:
+        """Every class as "Alphabet/character" (the Omniglot folder names)."""
+        return tuple(f"{a}/{c}" for a, c in self.data[0].classes)
