@@ -186,9 +186,19 @@ def test_episodes_shapes_labels_and_determinism(tree):
     # A pure function of (seed, stream, step, index), whatever batch it is built in.
     batch = sampler.batch(0, 0, 5, [7, 2, 9])
     chex.assert_trees_all_equal(jax.tree.map(lambda x: x[1], batch), a)
-    # Labels are permuted per episode: the same image content gets different labels.
-    firsts = {sampler.episode(0, 0, s, 0).support_x[0].tobytes(): s for s in range(40)}
-    assert len(firsts) > 10
+    # Labels are permuted per episode: a class's label is not tied to its index. Find each
+    # support image's class (rotation included) and collect the labels each class gets.
+    plain = episodes.EpisodeSampler(data, np.arange(7), ways=3, shots=1, queries=0, rotations=False)
+    class_of = {data.images[i].tobytes(): int(data.labels[i]) for i in range(len(data.labels))}
+    labels_of, unsorted = {}, 0
+    for s in range(60):
+        e = plain.episode(0, 0, s, 0)
+        classes = [class_of[x[..., 0].tobytes()] for x in e.support_x]
+        for c, y in zip(classes, e.support_y, strict=True):
+            labels_of.setdefault(c, set()).add(int(y))
+        unsorted += classes != sorted(classes)  # labels in class order would never be
+    assert unsorted > 20
+    assert all(len(labels) == 3 for labels in labels_of.values())  # every class, every label
     with pytest.raises(UserInputError, match="10-way episodes need at least 10 classes"):
         episodes.EpisodeSampler(data, np.arange(2), ways=10, shots=1, queries=1, rotations=False)
     with pytest.raises(UserInputError, match="shots \\+ queries = 5 images per class"):
