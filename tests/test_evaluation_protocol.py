@@ -6,7 +6,7 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from helpers import make_omniglot_set, run_module, tiny_config, zip_folder
+from helpers import make_omniglot_set, make_one_shot_runs, run_module, tiny_config, zip_folder
 
 from configs import omniglot as omniglot_configs
 from maml_dist import evaluator, meta_test, parallel, plotting, recorded_split, trainer
@@ -213,3 +213,32 @@ def test_episode_image_frames_right_and_wrong_predictions_in_their_colours():
     # The support images are drawn: ink 255 on a blank page shows as dark pixels.
     blank = plotting.episode_image(np.zeros_like(support_x), np.arange(5), query_x, labels, labels)
     assert np.sum(right < 60) > np.sum(blank < 60)
+
+
+def test_one_shot_runs_refuse_a_run_that_trained_on_their_alphabets(tmp_path):
+    # Atlantean is the alphabet of Lake et al.'s run01 and run02 (README, "one-shot runs").
+    root = tmp_path / "data"
+    make_omniglot_set(root, "images_background_small1", {"Atlantean": 5, "Beta": 5})
+    make_omniglot_set(root, "images_background_small2", {"Delta": 5})
+    config = _config(root, tmp_path / "cache", ways=20, num_steps=2, checkpoint_every=2)
+    config.omniglot.rotations = True  # 20 classes in each part
+    config.omniglot.validation_alphabets = ("Beta",)
+    config.omniglot.num_validation_alphabets = 0
+    workdir = tmp_path / "run"
+    trainer.train_and_evaluate(config, str(workdir), jax.devices()[:1])
+    runs, _ = make_one_shot_runs(tmp_path / "all_runs", num_runs=2)
+    args = (f"--workdir={workdir}", "--num_tasks=2", "--num_query=1", "--max_inner_steps=1")
+    proc, errors = run_module("maml_dist.evaluate", *args, f"--omniglot_runs={runs}")
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+    assert (
+        "meta-trained on characters of 1 of the one-shot runs' alphabets (Atlantean)" in (errors[0])
+    )
+    assert not (workdir / "eval").exists()
+    proc, _ = run_module("maml_dist.evaluate", *args, f"--omniglot_runs={runs}", "--allow_overlap")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((workdir / "eval" / "results.json").read_text())["omniglot_runs"]
+    assert report["overlap"] == ["Atlantean"] and report["unknown_alphabet"] == []
+    # A run not named run01..run20 cannot be placed in an alphabet.
+    (runs / "run02").rename(runs / "mine")
+    proc, errors = run_module("maml_dist.evaluate", *args, f"--omniglot_runs={runs}")
+    assert proc.returncode == 2 and "cannot tell which alphabet one-shot run 'mine'" in errors[0]

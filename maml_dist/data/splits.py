@@ -143,7 +143,7 @@ def alphabet_split(
     val = _choose(alphabets, validation, num_validation, seed, test, "validation")
     if len(test) + len(val) >= len(alphabets):
         raise UserInputError(
-            f"the alphabet split holds out {len(test)} alphabets for meta-testing and "
+            f"the alphabet split holds out {len(test)} alphabet(s) for meta-testing and "
             f"{len(val)} for validation, leaving none of the {len(alphabets)} to meta-train "
             f"on; hold out fewer"
         )
