@@ -32,34 +32,81 @@ _POSITIVE_INTS = (
 )
 _NON_NEGATIVE_INTS = ("inner_steps", "eval_inner_steps", "imaml_line_search")
 _POSITIVE_FLOATS = ("inner_lr", "meta_lr", "imaml_lambda")
+# Fields that only some configs have (a family's or a network's), checked when present.
+_OPTIONAL_POSITIVE_INTS = (
+    "host_chunk_steps",
+    "ways",
+    "model.filters",
+    "model.blocks",
+    "model.strides",
+    "omniglot.num_train",
+    "omniglot.image_size",
+)
+_OPTIONAL_NON_NEGATIVE_INTS = (
+    "seed",
+    "omniglot.num_validation",
+    "omniglot.split_seed",
+    "omniglot.num_held_out",
+    "omniglot.num_validation_alphabets",
+    "image_folder.split_seed",
+)
+_NON_NEGATIVE_FLOATS = ("grad_clip_norm", "model.init_stddev")
+# Steps and seeds end up in int32 arrays and numpy seed sequences.
+_INT_LIMIT = 2**31 - 1
+
+
+def _get(config: ml_collections.ConfigDict, name: str):
+    """The value of field `a.b` of `config`, or None if it has no such field."""
+    node = config
+    for part in name.split("."):
+        if not hasattr(node, "keys") or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _check_int(name: str, value, lowest: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UserInputError(
+            f"config.{name} must be an integer, got {value!r}; pass e.g. --config.{name}=10"
+        )
+    if not lowest <= value <= _INT_LIMIT:
+        kind = "positive" if lowest else "non-negative"
+        raise UserInputError(
+            f"config.{name} must be a {kind} integer of at most {_INT_LIMIT}, got {value}; "
+            f"pass e.g. --config.{name}={max(lowest, 1)}"
+        )
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Checks types and ranges of the common config fields.
+    """Checks types and ranges of the common config fields, and of the optional ones present.
 
     Raises:
         UserInputError: naming the field, the bad value and what is allowed.
     """
-    optional = tuple(n for n in ("host_chunk_steps", "ways") if n in config)
-    for name in _POSITIVE_INTS + _NON_NEGATIVE_INTS + optional:
-        value = config[name]
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UserInputError(
-                f"config.{name} must be an integer, got {value!r}; pass e.g. --config.{name}=10"
-            )
-        lowest = 0 if name in _NON_NEGATIVE_INTS else 1
-        if value < lowest:
-            kind = "positive" if lowest else "non-negative"
-            raise UserInputError(
-                f"config.{name} must be a {kind} integer, got {value}; "
-                f"pass e.g. --config.{name}={max(lowest, 1)}"
-            )
+    for name in _POSITIVE_INTS:
+        _check_int(name, config[name], 1)
+    for name in _NON_NEGATIVE_INTS:
+        _check_int(name, config[name], 0)
+    for names, lowest in ((_OPTIONAL_POSITIVE_INTS, 1), (_OPTIONAL_NON_NEGATIVE_INTS, 0)):
+        for name in names:
+            if _get(config, name) is not None:
+                _check_int(name, _get(config, name), lowest)
     for name in _POSITIVE_FLOATS:
         value = config[name]
         if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
             raise UserInputError(
                 f"config.{name} must be a positive finite number, got {value!r}; "
                 f"pass e.g. --config.{name}=0.001"
+            )
+    for name in _NON_NEGATIVE_FLOATS:
+        value = _get(config, name)
+        if value is not None and (
+            not isinstance(value, int | float) or not math.isfinite(value) or value < 0
+        ):
+            raise UserInputError(
+                f"config.{name} must be a finite number >= 0 (0 turns it off), got {value!r}; "
+                f"pass e.g. --config.{name}=0"
             )
     choices = (
         ("algorithm", tuple(algorithms.REGISTRY)),
@@ -73,10 +120,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                 f"{config[name]!r}; pass e.g. --config.{name}={allowed[0]}"
             )
     _validate_mamlpp(config)
-    if config.grad_clip_norm < 0:
-        raise UserInputError(
-            f"config.grad_clip_norm must be >= 0 (0 disables clipping), got {config.grad_clip_norm}"
-        )
 
 
 def _validate_mamlpp(config: ml_collections.ConfigDict) -> None:

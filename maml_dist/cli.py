@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging as std_logging
+import os
 import re
 import sys
 from typing import NoReturn
@@ -24,9 +25,28 @@ def make_flags_parser(prog: str):
     """
 
     def parse(argv: list[str]) -> list[str]:
+        config_file = _config_file(argv)
+        if config_file is not None:
+            _check_config_file(prog, config_file)
         try:
-            return flags.FLAGS(argv)
+            rest = flags.FLAGS(argv)
+            if config_file is not None:
+                # ml_collections defers a failed load to the first use; make it fail here.
+                flags.FLAGS["config"].value.get("")
+            return rest
+        except SyntaxError as e:
+            fail(
+                prog,
+                f"config file {config_file!r} is not valid Python ({e.msg}, line {e.lineno}); "
+                f"fix it",
+            )
         except (AttributeError, KeyError) as e:
+            if "get_config" in str(e):
+                fail(
+                    prog,
+                    f"config file {config_file!r} defines no get_config(); a config file "
+                    f"defines `def get_config(): ...` returning an ml_collections.ConfigDict",
+                )
             text = str(e).replace("\\n", "\n").replace("\\'", "'")
             name = re.search(r"'([^'\n]+)'", text)
             hint = re.search(r'Did you mean "([^"]+)"', text)
@@ -37,9 +57,53 @@ def make_flags_parser(prog: str):
                 + "; see the config file for the fields it defines",
             )
         except flags.Error as e:
-            fail(prog, str(e))
+            text = str(e)
+            if config_file is not None and "Error whilst parsing config file" in text:
+                # ml_collections puts the get_config() traceback in the message; its last
+                # line is the error the user's code raised.
+                raised = text.strip().splitlines()[-1].strip()
+                fail(
+                    prog,
+                    f"config file {config_file!r} raised {raised}; fix the file or the "
+                    f"argument after its colon",
+                )
+            fail(prog, text)
+        except Exception as e:
+            if config_file is None:
+                raise
+            # The user's config code failed: name it, with the error it raised.
+            fail(
+                prog,
+                f"config file {config_file!r} raised {type(e).__name__}: {e}; fix the file "
+                f"or the argument after its colon",
+            )
 
     return parse
+
+
+def _config_file(argv: list[str]) -> str | None:
+    """The file of `--config=FILE[:ARG]` in `argv`, or None without a --config flag."""
+    if "config" not in flags.FLAGS:
+        return None
+    for i, arg in enumerate(argv[1:], 1):
+        if arg.startswith(("--config=", "-config=")):
+            return arg.split("=", 1)[1].split(":", 1)[0]
+        if arg in ("--config", "-config") and i + 1 < len(argv):
+            return argv[i + 1].split(":", 1)[0]
+    return None
+
+
+def _check_config_file(prog: str, path: str) -> None:
+    """Fails in one line if the config file cannot be read (before ml_collections tries)."""
+    if not os.path.isfile(path):
+        what = "is a folder" if os.path.isdir(path) else "does not exist"
+        fail(
+            prog,
+            f"config file {path!r} {what} (relative paths start at {os.getcwd()!r}); pass a "
+            f"file of configs/, e.g. --config=configs/sinusoid.py from the repository root",
+        )
+    if not os.access(path, os.R_OK):
+        fail(prog, f"config file {path!r} is not readable; check its permissions")
 
 
 def define_runtime_flags() -> None:

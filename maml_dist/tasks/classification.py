@@ -16,17 +16,21 @@ from maml_dist.data import splits
 from maml_dist.data.episodes import EpisodeSampler
 from maml_dist.errors import UserInputError
 
+# The largest image side accepted: images are decoded before any compile, and a side of
+# millions would exhaust memory there rather than fail in one line.
+MAX_IMAGE_SIZE = 1024
+
 
 def check_image_size(size, field: str = "image_size") -> None:
-    """Checks that `config.<field>`, the side images are resized to, is a positive integer.
+    """Checks that `config.<field>`, the side images are resized to, is in 1..MAX_IMAGE_SIZE.
 
     Raises:
         UserInputError: naming the field.
     """
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_IMAGE_SIZE:
         raise UserInputError(
-            f"config.{field} must be set to the side images are resized to, got {size!r}; "
-            f"pass e.g. --config.{field}=84"
+            f"config.{field} must be set to the side images are resized to, from 1 to "
+            f"{MAX_IMAGE_SIZE}, got {size!r}; pass e.g. --config.{field}=84"
         )
 
 

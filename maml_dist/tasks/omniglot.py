@@ -8,7 +8,7 @@ import ml_collections
 
 from maml_dist.data import omniglot, splits
 from maml_dist.errors import UserInputError
-from maml_dist.tasks.classification import ImageClassification
+from maml_dist.tasks.classification import ImageClassification, check_image_size
 
 SPLITS = ("standard", "alphabet")
 
@@ -35,6 +35,7 @@ class OmniglotFamily(ImageClassification):
                 f"config.omniglot.split must be one of {', '.join(map(repr, SPLITS))}, got "
                 f"{self.options.split!r}"
             )
+        check_image_size(config.omniglot.image_size, "omniglot.image_size")
         super().__init__(config, config.omniglot.image_size, channels=1)
         if not self.data_dir:
             raise UserInputError(
