@@ -72,8 +72,9 @@ def _check_int(name: str, value, lowest: int) -> None:
         )
     if not lowest <= value <= _INT_LIMIT:
         kind = "positive" if lowest else "non-negative"
+        limit = f" of at most {_INT_LIMIT}" if value > _INT_LIMIT else ""
         raise UserInputError(
-            f"config.{name} must be a {kind} integer of at most {_INT_LIMIT}, got {value}; "
+            f"config.{name} must be a {kind} integer{limit}, got {value}; "
             f"pass e.g. --config.{name}={max(lowest, 1)}"
         )
 
@@ -191,6 +192,11 @@ def check_workdir_writable(workdir: str) -> None:
     Raises:
         UserInputError: if it cannot be created or written.
     """
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise UserInputError(
+            f"workdir {workdir!r} is a file, not a folder; pass a --workdir that is a folder "
+            f"or does not exist yet"
+        )
     try:
         os.makedirs(workdir, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test"):

@@ -59,6 +59,22 @@ def trained(tmp_path_factory):
         ),
         (["--config.imaml_lambda=0"], "config.imaml_lambda must be a positive finite number"),
         (["--config.inner_lr=0.5"], "this workdir holds a run with a different config (inner_lr"),
+        (["--config.inner_lr=nan"], "config.inner_lr must be a positive finite number, got nan"),
+        (["--config.meta_lr=inf"], "config.meta_lr must be a positive finite number, got inf"),
+        (["--config.inner_lr=abc"], "flag --config.inner_lr=abc: could not convert string to"),
+        (["--config.num_steps=1.5"], "flag --config.num_steps=1.5: invalid literal for int()"),
+        (["--config.seed=-1"], "config.seed must be a non-negative integer, got -1"),
+        (["--config.eval_tasks=3000000000"], "config.eval_tasks must be a positive integer of at most"),
+        (
+            ["--config.grad_clip_norm=nan"],
+            "config.grad_clip_norm must be a finite number >= 0 (0 turns it off), got nan",
+        ),
+        (["--config.algorithm=metasgd", "--config.inner_lr=-1e-300"], "config.inner_lr must be"),
+        (
+            ["--config.mamlpp.doa_steps=-2"],
+            "config.mamlpp.doa_steps must be a meta-step count >= 0, or -1",
+        ),
+        (["--config.meta_lr_schedule=linear"], "config.meta_lr_schedule must be 'auto', 'const"),
     ],
 )
 def test_train_rejects_bad_input_and_keeps_checkpoints(trained, args, message):
@@ -79,6 +95,74 @@ def test_train_rejects_unwritable_workdir(tmp_path):
     assert proc.returncode == 2
     assert len(errors) == 1
     assert "is not writable (Not a directory); pass a --workdir you can write to" in errors[0]
+
+
+def test_train_rejects_a_workdir_that_is_a_file(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("keep me")
+    proc, errors = _run("maml_dist.train", TINY, f"--workdir={blocker}")
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+    assert f"workdir '{blocker}' is a file, not a folder; pass a --workdir" in errors[0]
+    assert blocker.read_text() == "keep me"
+
+
+BAD_CONFIG_FILES = {
+    "missing.py": None,
+    "raises.py": "def get_config():\n    raise RuntimeError('no such dataset')\n",
+    "syntax.py": "def get_config(:\n",
+    "empty.py": "import ml_collections\n",
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("missing.py", "config file '{path}' does not exist (relative paths start at"),
+        ("", "config file '{path}' is a folder"),
+        ("raises.py", "config file '{path}' raised RuntimeError: no such dataset; fix the file"),
+        ("syntax.py", "config file '{path}' is not valid Python (invalid syntax, line 1)"),
+        ("empty.py", "config file '{path}' defines no get_config(); a config file defines"),
+        (
+            "omniglot.py:9w9s",
+            "config file '{path}' raised ValueError: unknown variant '9w9s' of "
+            "configs/omniglot.py; use one of",
+        ),
+    ],
+)
+def test_train_names_a_bad_config_file_in_one_line(tmp_path, name, message):
+    for file, text in BAD_CONFIG_FILES.items():
+        if text is not None:
+            (tmp_path / file).write_text(text)
+    shutil.copy(ROOT / "configs" / "omniglot.py", tmp_path / "omniglot.py")
+    path = str(tmp_path / name.split(":")[0]).rstrip("/")
+    argument = path + (":" + name.split(":")[1] if ":" in name else "")
+    proc, errors = _run("maml_dist.train", f"--config={argument}", f"--workdir={tmp_path / 'w'}")
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+    assert message.format(path=path) in errors[0]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--shots=0"], "need --num_tasks >= 2, --max_inner_steps >= 0, --num_query >= 1 and"),
+        (["--shots=a,b"], "--shots must be integers, got ['a', 'b']; pass e.g. --shots=5,10,20"),
+        (["--num_tasks=1"], "need --num_tasks >= 2"),
+        (["--num_query=0"], "--num_query >= 1"),
+        (["--protocol=paper"], "flag --protocol=paper: value should be one of"),
+        (["--protocol=maml_code", "--shots=5,10"], "takes K queries per class, one K at a time"),
+        (["--omniglot_runs=/nowhere"], "the one-shot runs are 20-way Omniglot problems; this"),
+        (["--data_dir=/nowhere"], "--data_dir applies to runs that read a data set; 'sinusoid'"),
+    ],
+)
+def test_evaluate_rejects_bad_input_in_one_line(trained, args, message):
+    before = _digest(trained)
+    proc, errors = _run("maml_dist.evaluate", f"--workdir={trained}", *args)
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-2000:]
+    assert message in errors[0]
+    assert "Traceback" not in proc.stderr
+    assert _digest(trained) == before
 
 
 def test_evaluate_without_checkpoint(tmp_path):
