@@ -219,6 +219,7 @@ def evaluate(
             max_inner_steps,
             metrics,
             progress=Progress(f"meta-test K={k}", num_tasks, "tasks"),
+            batching=config.get("task_batching", "auto"),
         )[..., 0]
         mean, ci = meta_test.mean_and_ci95(curves)
         result = {"shots": k}
@@ -270,7 +271,9 @@ def evaluate(
             "checksum": split["checksum"],
         }
     if runs is not None:
-        report["omniglot_runs"] = _one_shot_runs(problem, meta_params, runs, max_inner_steps)
+        report["omniglot_runs"] = _one_shot_runs(
+            problem, meta_params, runs, max_inner_steps, config.get("task_batching", "auto")
+        )
         # Which of the runs' alphabets meta-training saw characters of (--allow_overlap),
         # and which runs' alphabets are unknown; both empty for a held-out error rate.
         report["omniglot_runs"].update(overlap=overlapping, unknown_alphabet=unknown)
@@ -287,7 +290,7 @@ def evaluate(
     return report
 
 
-def _one_shot_runs(problem, meta_params, runs, steps: int) -> dict:
+def _one_shot_runs(problem, meta_params, runs, steps: int, batching: str) -> dict:
     """Error rate of each one-shot run after adapting `steps` steps on its 20 images."""
     tasks = TaskBatch(
         support_x=np.stack([r.support_x[..., None] for r in runs]),
@@ -302,6 +305,7 @@ def _one_shot_runs(problem, meta_params, runs, steps: int) -> dict:
         steps,
         (problem.score_fn,),
         progress=Progress("one-shot runs", len(runs), "runs"),
+        batching=batching,
     )
     errors = 1.0 - curves[:, -1, 0]
     return {

@@ -39,6 +39,7 @@ def adaptation_curves(
     metrics: tuple[LossFn, ...],
     chunk: int | None = None,
     progress: Progress | None = None,
+    batching: str = parallel.AUTO,
 ) -> np.ndarray:
     """Query metrics of every task after 0..steps inner steps: (num_tasks, steps + 1, M).
 
@@ -53,6 +54,11 @@ def adaptation_curves(
     10 tasks per device on CPU, where smaller chunks run faster (100 Omniglot 5-way 1-shot
     tasks, 10 steps, one device: 13.0 s in one chunk, 7.0 s in chunks of 10), and 100 on
     accelerators. `progress`, if given, is told of each finished chunk's tasks.
+
+    `batching` is how a device runs its tasks, as the trainer's `task_batching`: "loop"
+    (one task at a time, so a task's numbers do not depend on how many share its device:
+    the same curves on any device count, bit for bit) or "vmap" (one batched program, for
+    accelerators); "auto" picks "loop" on CPU and "vmap" elsewhere.
     """
     num_tasks = jax.tree.leaves(tasks)[0].shape[0]
     mesh, meta_params = _task_mesh(meta_params)
@@ -63,7 +69,8 @@ def adaptation_curves(
     chunk = per_device * devices
     sharding = NamedSharding(mesh, P(AXIS))
     host = jax.tree.map(np.asarray, tasks)
-    run = _curves_fn(algorithm, steps, metrics, mesh)
+    batching = parallel.resolve_batching(batching)
+    run = _curves_fn(algorithm, steps, metrics, mesh, "vmap" if batching == "vmap" else "loop")
     out = []
     for start in range(0, num_tasks, chunk):
         # Indices past the end repeat the last task; their rows are dropped below.
@@ -95,7 +102,7 @@ def _task_mesh(meta_params):
 
 
 @functools.lru_cache(maxsize=32)
-def _curves_fn(algorithm, steps: int, metrics, mesh):
+def _curves_fn(algorithm, steps: int, metrics, mesh, batching: str):
     """The jitted sharded curves of one chunk: `(meta_params, tasks) -> (chunk, steps+1, M)`.
 
     Cached so that every chunk, and every call with the same arguments (the trainer's
@@ -106,9 +113,11 @@ def _curves_fn(algorithm, steps: int, metrics, mesh):
         # Without this, a gradient w.r.t. the replicated parameters inside shard_map comes
         # back summed over devices (README trap 1): each task would adapt on all of them.
         meta_params = jax.lax.pcast(meta_params, AXIS, to="varying")
-        return jax.vmap(
-            lambda t: algorithms.adaptation_curve(algorithm, meta_params, t, steps, metrics)
-        )(tasks)
+
+        def curve(task):
+            return algorithms.adaptation_curve(algorithm, meta_params, task, steps, metrics)
+
+        return jax.lax.map(curve, tasks) if batching == "loop" else jax.vmap(curve)(tasks)
 
     sharded = jax.shard_map(body, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS))
     # Replicated output: an all-gather of the curves, so every process can read them all.

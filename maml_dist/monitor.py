@@ -24,6 +24,7 @@ class Monitor:
         """Samples the validation set once; the pictured task is placed with `sharding`."""
         self.problem = problem
         self.steps, self.train_steps = config.eval_inner_steps, config.inner_steps
+        self.batching = config.get("task_batching", "auto")
         self.tasks = problem.fixed_tasks(
             config.seed, VALIDATION_STREAM, config.eval_tasks, config.shots, config.num_query
         )
@@ -38,7 +39,7 @@ class Monitor:
         names = (p.family.metric,) if p.score_is_loss else (p.family.metric, "loss")
         metrics = (p.score_fn,) if p.score_is_loss else (p.score_fn, p.loss_fn)
         curves = meta_test.adaptation_curves(
-            p.algorithm, meta_params, self.tasks, self.steps, metrics
+            p.algorithm, meta_params, self.tasks, self.steps, metrics, batching=self.batching
         )
         mean = curves.mean(axis=0)
         return {

@@ -64,7 +64,10 @@ def trained(tmp_path_factory):
         (["--config.inner_lr=abc"], "flag --config.inner_lr=abc: could not convert string to"),
         (["--config.num_steps=1.5"], "flag --config.num_steps=1.5: invalid literal for int()"),
         (["--config.seed=-1"], "config.seed must be a non-negative integer, got -1"),
-        (["--config.eval_tasks=3000000000"], "config.eval_tasks must be a positive integer of at most"),
+        (
+            ["--config.eval_tasks=3000000000"],
+            "config.eval_tasks must be a positive integer of at most",
+        ),
         (
             ["--config.grad_clip_norm=nan"],
             "config.grad_clip_norm must be a finite number >= 0 (0 turns it off), got nan",
