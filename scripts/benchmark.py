@@ -357,8 +357,7 @@ def _processes(run: _Run, num_processes: int) -> dict:
 
 
 def _in_child(run: _Run, name: str, params: dict) -> dict:
-    record = _child_json(run, name, params)
-    return {**record, "params": params}
+    return _child_json(run, name, params)  # its params, with "auto" resolved
 
 
 def _omniglot_data(run: _Run) -> dict:
@@ -367,7 +366,7 @@ def _omniglot_data(run: _Run) -> dict:
         return {"data_dir": os.path.abspath(run.args.data_dir), "data": "given"}
     folder = run.root / "omniglot_generated"
     if not folder.exists():
-        sys.path.insert(0, str(ROOT / "tests"))
+        sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]  # helpers imports configs
         from helpers import make_omniglot_set  # the tests' generator of the same layout
 
         for name, alphabets in GENERATED_SETS.items():
@@ -396,8 +395,9 @@ def _child(args: argparse.Namespace) -> None:
             params["inner_steps"],
             flops=False,
         )
-        params.update(conv_impl=r.pop("conv_impl"), batching=r.pop("task_batching"))
-        record = r
+        # The choices "auto" resolved to on this backend.
+        params.update(conv_impl=r["conv_impl"], batching=r["task_batching"])
+        record = {k: r[k] for k in ("compile_s", "steps_per_sec", "tasks_per_sec")}
     else:
         import bench_omniglot_trainer
 
