@@ -2,7 +2,7 @@
 
     python scripts/benchmark.py --out=bench.jsonl [--settings=a,b,...] [--quick]
         [--data_dir=FOLDER_WITH_MINIMAL_OMNIGLOT] [--workdir_root=DIR --keep]
-        [--deadline_s=1200] [--budget_s=SECONDS]
+        [--deadline_s=1200] [--budget_s=SECONDS] [--trainer_steps=N --trainer_log_every=M]
 
 Settings (`--list` prints them; the default is every one on an accelerator, and on CPU
 the same without meta-batch 128 and 512, which take many minutes there):
@@ -110,6 +110,8 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the temporary workdir root")
     parser.add_argument("--deadline_s", type=float, default=1200, help="per setting")
     parser.add_argument("--budget_s", type=float, help="for the whole call; then skips")
+    parser.add_argument("--trainer_steps", type=int, help="Omniglot trainer steps")
+    parser.add_argument("--trainer_log_every", type=int, help="steps per logged interval")
     parser.add_argument("--list", action="store_true", help="print the setting names")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # a setting, run in this process
     parser.add_argument("--params", help=argparse.SUPPRESS)  # its parameters, JSON
@@ -189,6 +191,12 @@ def _measure(run: _Run, name: str) -> dict:
         params.update(algorithm="maml", batching="auto", conv_impl="auto", **run.size(STEP))
     else:
         params.update(_omniglot_data(run), **run.size(TRAINER))
+        # Shorter runs where a call has a time budget (scripts/gpu_check.sh); the first
+        # logged interval holds the compile, so keep two more after it.
+        if run.args.trainer_steps:
+            params["steps"] = run.args.trainer_steps
+        if run.args.trainer_log_every:
+            params["log_every"] = run.args.trainer_log_every
         params["cache_dir"] = str(run.root / "omniglot_cache")  # decoded images
     return _in_child(run, name, params)
 
