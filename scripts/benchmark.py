@@ -95,6 +95,9 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     try:
         _run_all(args, root)
+    except Terminated:
+        # The running child is already killed; the records written so far stay.
+        sys.exit(f"benchmark.py: stopped by SIGTERM; finished settings are in {args.out}")
     finally:
         if not args.keep and not args.workdir_root:
             shutil.rmtree(root, ignore_errors=True)
