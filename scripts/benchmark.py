@@ -101,6 +101,8 @@ def main() -> None:
     finally:
         if not args.keep and not args.workdir_root:
             shutil.rmtree(root, ignore_errors=True)
+        else:
+            print(f"runs, logs and caches are in {root}", file=sys.stderr)
 
 
 def _parse() -> argparse.Namespace:
