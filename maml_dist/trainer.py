@@ -155,7 +155,9 @@ def train_and_evaluate(
     finally:
         if feed is not None:
             feed.close()
-    ckpt.close()
+    started = time.perf_counter()
+    ckpt.close()  # orbax writes in the background; this waits for the last write
+    logging.info("checkpoint writes finished after %.3f s more", time.perf_counter() - started)
     # TensorBoard's HParams view compares runs by their config and final validation metrics.
     writer.write_hparams(_hparams(config), last_eval, step=int(jax.device_get(state.step)))
     writer.close()
@@ -220,13 +222,21 @@ def _loop(config, state, step, run, feed, clock, writer, schedule, ckpt, monitor
             # The chunk's own compute counts as training; only what follows is excluded.
             jax.block_until_ready(state)
         with clock.paused():
+            # The two timings below are logged so a benchmark can split the run's wall
+            # time into its parts from the log alone (scripts/benchmark.py).
             if checkpoint_now:
+                started = time.perf_counter()
                 ckpt.save(end, state, force=end == config.num_steps)
+                logging.info(
+                    "checkpoint of step %d started in %.3f s", end, time.perf_counter() - started
+                )
             if eval_now:
+                started = time.perf_counter()
                 extra = last_eval = monitor.scalars(state.meta_params)
                 image = monitor.image(state.meta_params, render=is_main)
                 if image is not None:
                     writer.write_image(end, "eval/adaptation", image)
+                logging.info("validated at step %d in %.3f s", end, time.perf_counter() - started)
         pending = (end, metrics, extra)
         step = end
     if pending is not None:

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 
+import bench_record
 import timing
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -47,7 +48,7 @@ def child(args) -> None:
     problem = make_problem(config)
     tx, _ = state_lib.make_meta_optimizer(config)
     mesh = parallel.make_mesh()
-    runs = {}
+    runs, compile_s = {}, {}
     for fused in (False, True):
         spec = dataclasses.replace(
             parallel.meta_batch_spec(config, problem), fuse_collectives=fused
@@ -63,10 +64,15 @@ def child(args) -> None:
             problem.algorithm,
             parallel.replicated(mesh),
         )
-        runs[fused] = (run, timing.warm(run, state, args.chunk))
+        with bench_record.compile_times() as seconds:
+            runs[fused] = (run, timing.warm(run, state, args.chunk))
+        compile_s[fused] = max(seconds, default=0.0)
     med = timing.interleaved_ms_per_step(runs, args.chunk, args.reps)
     if jax.process_index() == 0:
-        print(json.dumps({"per_leaf_ms": med[False], "fused_ms": med[True]}))
+        # Where and how it ran too, for scripts/benchmark.py's records.
+        out = {"per_leaf_ms": med[False], "fused_ms": med[True], "compile_s": compile_s[True]}
+        out.update(bench_record.environment(), **bench_record.peak_memory())
+        print(json.dumps(out))
 
 
 def launch(num_processes: int, devices: int, args) -> dict:

@@ -10,6 +10,9 @@ one after another in one process, so compare rows of one run.
 
     python scripts/bench_omniglot_step.py [--reps=5] [--steps=5] [--batchings=vmap,loop,unroll]
         [--conv_impls=xla,im2col] [--algorithms=maml,anil] [--inner_steps=1]
+
+"auto" as a batching or conv_impl is the trainer's own choice for the backend;
+scripts/benchmark.py calls `measure` that way.
 """
 
 from __future__ import annotations
@@ -23,12 +26,118 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from maml_dist import algorithms, models
+from maml_dist import algorithms, models, parallel
 from maml_dist.types import TaskBatch
 
 
 def _xent(logits, labels):
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def make_tasks(meta_batch: int, queries: int, ways: int = 5, shots: int = 1) -> TaskBatch:
+    """A meta-batch of random 28x28 episodes (speed does not depend on pixel values)."""
+    rng = np.random.default_rng(0)
+
+    def images(k):
+        return jnp.asarray(rng.integers(0, 256, (meta_batch, ways * k, 28, 28, 1)), jnp.uint8)
+
+    return TaskBatch(
+        support_x=images(shots),
+        support_y=jnp.tile(jnp.repeat(jnp.arange(ways), shots), (meta_batch, 1)),
+        query_x=images(queries),
+        query_y=jnp.tile(jnp.repeat(jnp.arange(ways), queries), (meta_batch, 1)),
+    )
+
+
+def measure(
+    name: str,
+    conv_impl: str,
+    batching: str,
+    tasks: TaskBatch,
+    steps: int,
+    reps: int,
+    inner_steps: int = 1,
+    flops: bool = True,
+) -> dict:
+    """Times `steps` meta-steps of one configuration, as one jitted `lax.scan`.
+
+    Args:
+        name: the algorithm's registry name.
+        conv_impl: "xla", "im2col" or "auto" (the trainer's choice for the backend).
+        batching: "vmap", "loop", "unroll" or "auto" (likewise).
+        tasks: the meta-batch every step trains on.
+        steps: meta-steps per timed call.
+        reps: timed calls; the median counts.
+        inner_steps: inner SGD steps per task.
+        flops: whether to count FLOPs where XLA's count is meaningful (see below).
+
+    Returns:
+        conv_impl and task_batching as run, compile_s (lower + compile of the scanned
+        steps), tasks_per_sec, steps_per_sec and gflop_per_task (None where not counted).
+    """
+    conv_impl = models.resolve_conv_impl(conv_impl)
+    batching = parallel.resolve_batching(batching)
+    n, ways = tasks.support_y.shape[0], int(tasks.support_y.max()) + 1
+    tx = optax.adam(1e-3)
+    model = models.ConvNet(num_classes=ways, conv_impl=conv_impl)
+
+    def loss_fn(p, x, y):
+        return _xent(model.apply({"params": p}, x), y)
+
+    split = algorithms.make_head_split(model, _xent, {})
+    inner = algorithms.InnerConfig(lr=0.4, steps=inner_steps)
+    algorithm = algorithms.make_algorithm(name, loss_fn, inner, head_split=split)
+    params = algorithm.init(model.init(jax.random.key(0), tasks.support_x[0])["params"])
+
+    def grads_of(p, tasks):
+        def one(task):
+            return algorithm.task_grad(p, task, 0)[0]
+
+        if batching == "unroll":
+            g = [one(jax.tree.map(lambda a, i=i: a[i], tasks)) for i in range(n)]
+            return jax.tree.map(lambda *xs: sum(xs) / n, *g)
+        g = jax.vmap(one)(tasks) if batching == "vmap" else jax.lax.map(one, tasks)
+        return jax.tree.map(lambda x: x.mean(0), g)
+
+    # The tasks are an argument, not a closed-over constant that XLA would fold.
+    @jax.jit
+    def run(p, opt_state, tasks):
+        def body(state, _):
+            p, s = state
+            updates, s = tx.update(grads_of(p, tasks), s, p)
+            return (optax.apply_updates(p, updates), s), None
+
+        return jax.lax.scan(body, (p, opt_state), None, length=steps)[0]
+
+    t0 = time.perf_counter()
+    compiled = run.lower(params, tx.init(params), tasks).compile()
+    compile_s = time.perf_counter() - t0
+    carry = compiled(params, tx.init(params), tasks)
+    jax.block_until_ready(carry)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        carry = compiled(*carry, tasks)
+        jax.block_until_ready(carry)
+        times.append(time.perf_counter() - t0)
+    steps_per_sec = steps / sorted(times)[len(times) // 2]
+    # XLA's cost analysis counts a loop body once, whatever its trip count, so the
+    # count is only the step's cost with one inner step (one scan iteration); on GPU
+    # it leaves out the convolutions, which run as cuDNN custom calls (measured on an
+    # H200: 0.071 GFLOP/task against 0.70 on the CPU).
+    gflop = None
+    if flops and inner_steps == 1 and jax.default_backend() == "cpu":
+        fn = jax.jit(lambda p, t: _vmapped(algorithm, p, t))
+        gflop = _flops(fn, params, tasks) / n
+    return {
+        "algorithm": name,
+        "conv_impl": conv_impl,
+        "task_batching": batching,
+        "compile_s": compile_s,
+        "steps_per_sec": steps_per_sec,
+        "tasks_per_sec": n * steps_per_sec,
+        "gflop_per_task": gflop,
+    }
 
 
 def main() -> None:
@@ -42,24 +151,11 @@ def main() -> None:
     parser.add_argument("--inner_steps", type=int, default=1)
     parser.add_argument("--queries", type=int, default=15, help="query images per class")
     args = parser.parse_args()
-    ways, shots, queries = 5, 1, args.queries
-    rng = np.random.default_rng(0)
     n = args.meta_batch
-
-    def images(k):
-        return jnp.asarray(rng.integers(0, 256, (n, ways * k, 28, 28, 1)), jnp.uint8)
-
-    tasks = TaskBatch(
-        support_x=images(shots),
-        support_y=jnp.tile(jnp.repeat(jnp.arange(ways), shots), (n, 1)),
-        query_x=images(queries),
-        query_y=jnp.tile(jnp.repeat(jnp.arange(ways), queries), (n, 1)),
-    )
-    inner = algorithms.InnerConfig(lr=0.4, steps=args.inner_steps)
-    tx = optax.adam(1e-3)
+    tasks = make_tasks(n, args.queries)
     print(
-        f"5-way 1-shot, {queries} query/class, meta-batch {n}, {args.inner_steps} inner step(s), "
-        f"{len(jax.devices())} {jax.default_backend()} device(s) (the first used),"
+        f"5-way 1-shot, {args.queries} query/class, meta-batch {n}, {args.inner_steps} inner "
+        f"step(s), {len(jax.devices())} {jax.default_backend()} device(s) (the first used),"
     )
     print(f"{args.steps} meta-steps per jitted call (a lax.scan, as in the trainer)")
     print("| algorithm | conv_impl | task_batching | first compile s | tasks/s | GFLOP/task |")
@@ -67,57 +163,11 @@ def main() -> None:
     for name, conv_impl, batching in itertools.product(
         args.algorithms.split(","), args.conv_impls.split(","), args.batchings.split(",")
     ):
-        model = models.ConvNet(num_classes=ways, conv_impl=conv_impl)
-
-        def loss_fn(p, x, y, model=model):
-            return _xent(model.apply({"params": p}, x), y)
-
-        split = algorithms.make_head_split(model, _xent, {})
-        algorithm = algorithms.make_algorithm(name, loss_fn, inner, head_split=split)
-        params = algorithm.init(model.init(jax.random.key(0), tasks.support_x[0])["params"])
-
-        def grads_of(p, tasks, batching=batching, algorithm=algorithm):
-            def one(task):
-                return algorithm.task_grad(p, task, 0)[0]
-
-            if batching == "unroll":
-                g = [one(jax.tree.map(lambda a, i=i: a[i], tasks)) for i in range(n)]
-                return jax.tree.map(lambda *xs: sum(xs) / n, *g)
-            g = jax.vmap(one)(tasks) if batching == "vmap" else jax.lax.map(one, tasks)
-            return jax.tree.map(lambda x: x.mean(0), g)
-
-        # The tasks are an argument, not a closed-over constant that XLA would fold.
-        @jax.jit
-        def steps(p, opt_state, tasks, grads_of=grads_of):
-            def body(state, _):
-                p, s = state
-                updates, s = tx.update(grads_of(p, tasks), s, p)
-                return (optax.apply_updates(p, updates), s), None
-
-            return jax.lax.scan(body, (p, opt_state), None, length=args.steps)[0]
-
-        t0 = time.perf_counter()
-        compiled = steps.lower(params, tx.init(params), tasks).compile()
-        compile_s = time.perf_counter() - t0
-        carry = compiled(params, tx.init(params), tasks)
-        jax.block_until_ready(carry)
-        times = []
-        for _ in range(args.reps):
-            t0 = time.perf_counter()
-            carry = compiled(*carry, tasks)
-            jax.block_until_ready(carry)
-            times.append(time.perf_counter() - t0)
-        rate = n * args.steps / sorted(times)[len(times) // 2]
-        # XLA's cost analysis counts a loop body once, whatever its trip count, so the
-        # count is only the step's cost with one inner step (one scan iteration); on GPU
-        # it leaves out the convolutions, which run as cuDNN custom calls (measured on an
-        # H200: 0.071 GFLOP/task against 0.70 on the CPU).
-        gflop = "n/a"
-        if args.inner_steps == 1 and jax.default_backend() == "cpu":
-            fn = jax.jit(lambda p, t, a=algorithm: _vmapped(a, p, t))
-            gflop = f"{_flops(fn, params, tasks) / n:.3f}"
+        r = measure(name, conv_impl, batching, tasks, args.steps, args.reps, args.inner_steps)
+        gflop = "n/a" if r["gflop_per_task"] is None else f"{r['gflop_per_task']:.3f}"
         print(
-            f"| {name} | {conv_impl} | {batching} | {compile_s:.1f} | {rate:.1f} | {gflop} |",
+            f"| {name} | {r['conv_impl']} | {r['task_batching']} | {r['compile_s']:.1f} | "
+            f"{r['tasks_per_sec']:.1f} | {gflop} |",
             flush=True,
         )
 

@@ -20,12 +20,69 @@ import tempfile
 import time
 
 import jax
-import jax.monitoring
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+import bench_record
+
 from configs import omniglot
 from maml_dist import metrics, trainer
+
+
+def measure(
+    data_dir: str,
+    steps: int,
+    log_every: int,
+    num_query: int = 15,
+    meta_batch: int = 32,
+    task_batching: str = "auto",
+    conv_impl: str = "auto",
+    cache_dir: str = "",
+) -> dict:
+    """Trains `steps` steps in a temporary workdir on the first device; returns the numbers.
+
+    Args:
+        data_dir: holds the minimal Omniglot sets (zipped or extracted).
+        steps: meta-steps; the last one validates (2 tasks, 1 inner step) and checkpoints.
+        log_every: steps per logged interval; the first interval holds the compile.
+        num_query: query images per class.
+        meta_batch: tasks per meta-step.
+        task_batching: the config's task_batching ("auto": the backend's best).
+        conv_impl: the config's model.conv_impl (likewise).
+        cache_dir: where the decoded images are cached ("": the user's cache).
+
+    Returns:
+        wall_s (the whole `train_and_evaluate` call), compiles (seconds of each XLA
+        compile), steady (the logged records after the first), and steady_tasks_per_sec
+        (their median).
+    """
+    config = omniglot.get_config("minimal_5w1s")
+    config.update(
+        data_dir=data_dir,
+        num_query=num_query,
+        meta_batch_size=meta_batch,
+        num_steps=steps,
+        log_every=log_every,
+        eval_every=steps,
+        checkpoint_every=steps,
+        eval_tasks=2,
+        eval_inner_steps=1,
+        task_batching=task_batching,
+    )
+    config.model.conv_impl = conv_impl
+    config.omniglot.cache_dir = cache_dir
+    with bench_record.compile_times() as compiles, tempfile.TemporaryDirectory() as workdir:
+        t0 = time.perf_counter()
+        trainer.train_and_evaluate(config, workdir, jax.devices()[:1])
+        wall = time.perf_counter() - t0
+        records = metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    steady = [r for r in records[1:] if "tasks_per_sec" in r]
+    return {
+        "wall_s": wall,
+        "compiles": list(compiles),
+        "steady": steady,
+        "steady_tasks_per_sec": statistics.median(r["tasks_per_sec"] for r in steady),
+    }
 
 
 def main() -> None:
@@ -37,47 +94,29 @@ def main() -> None:
     parser.add_argument("--task_batching", default="auto")
     parser.add_argument("--conv_impl", default="auto")
     args = parser.parse_args()
-
-    config = omniglot.get_config("minimal_5w1s")
-    config.update(
-        data_dir=args.data_dir,
-        num_query=args.num_query,
-        num_steps=args.steps,
-        log_every=args.log_every,
-        eval_every=args.steps,
-        checkpoint_every=args.steps,
-        eval_tasks=2,
-        eval_inner_steps=1,
+    r = measure(
+        args.data_dir,
+        args.steps,
+        args.log_every,
+        args.num_query,
         task_batching=args.task_batching,
+        conv_impl=args.conv_impl,
     )
-    config.model.conv_impl = args.conv_impl
-    compiles = []
-
-    def on_event(event: str, seconds: float, **_) -> None:
-        if event == "/jax/core/compile/backend_compile_duration":
-            compiles.append(seconds)
-
-    jax.monitoring.register_event_duration_secs_listener(on_event)
-    with tempfile.TemporaryDirectory() as workdir:
-        t0 = time.perf_counter()
-        trainer.train_and_evaluate(config, workdir, jax.devices()[:1])
-        wall = time.perf_counter() - t0
-        records = metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-    steady = [r for r in records[1:] if "tasks_per_sec" in r]
+    compiles = r["compiles"]
     print(
         f"{jax.devices()[0].platform}, 1 device: 5-way 1-shot, {args.num_query} query/class, "
-        f"meta-batch 32, 1 inner step, second order; {args.steps} steps in {wall:.1f} s wall"
+        f"meta-batch 32, 1 inner step, second order; {args.steps} steps in {r['wall_s']:.1f} s "
+        "wall"
     )
     print(f"longest single XLA compile: {max(compiles):.1f} s ({len(compiles)} compiles)")
     print("| steps | tasks/s | data s/step (host, overlapped) | data wait s/step |")
     print("|---:|---:|---:|---:|")
-    for r in steady:
+    for rec in r["steady"]:
         print(
-            f"| {r['step']} | {r['tasks_per_sec']:.1f} | {r['data_sec_per_step']:.4f} | "
-            f"{r['data_wait_sec_per_step']:.4f} |"
+            f"| {rec['step']} | {rec['tasks_per_sec']:.1f} | {rec['data_sec_per_step']:.4f} | "
+            f"{rec['data_wait_sec_per_step']:.4f} |"
         )
-    rate = statistics.median(r["tasks_per_sec"] for r in steady)
-    print(f"median steady throughput: {rate:.1f} tasks/s")
+    print(f"median steady throughput: {r['steady_tasks_per_sec']:.1f} tasks/s")
 
 
 if __name__ == "__main__":
