@@ -11,6 +11,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
+
+DAMAGED = "damaged"  # <checkpoints>/damaged/<step>: checkpoints set aside, never deleted
 
 
 class Checkpointer:
@@ -48,7 +51,7 @@ class Checkpointer:
 
         Reads on this process only, with no barrier: orbax's own restore ends with one, and
         a process that failed to read would skip it while the others wait there. Callers
-        that must agree across processes do so afterwards.
+        that must agree across processes do so afterwards (`maml_dist.recovery`).
 
         Fields of a dataclass `target` that the checkpoint predates (written by an older
         version) come back as zeros, e.g. `TrainState.skipped_steps`.
@@ -79,6 +82,30 @@ class Checkpointer:
             handler.close()
         missing = {k: _zeros(v) for k, v in fields.items() if k not in saved}
         return abstract.replace(**restored, **missing)
+
+    def set_aside(self, step: int) -> str:
+        """Moves checkpoint `step` to `<checkpoints>/damaged/<step>`, out of orbax's reach.
+
+        There it is neither restored again nor garbage-collected by `max_to_keep`, and the
+        step can be saved anew. Process 0 moves it; every process must call this.
+
+        Returns:
+            The new path (suffixed `.2`, `.3`, ... if that step was set aside before).
+        """
+        self._manager.wait_until_finished()
+        folder = os.path.join(self.directory, DAMAGED)
+        path = os.path.join(folder, str(step))
+        n = 1
+        while os.path.exists(path):
+            n += 1
+            path = os.path.join(folder, f"{step}.{n}")
+        if jax.process_index() == 0:
+            os.makedirs(folder, exist_ok=True)
+            os.replace(os.path.join(self.directory, str(step)), path)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"maml_dist set aside {step}")
+        self._manager.reload()
+        return path
 
     def wait_until_finished(self) -> None:
         """Waits for pending asynchronous saves."""

@@ -11,7 +11,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from maml_dist import checks, parallel
+from maml_dist import checks, parallel, recovery
 from maml_dist import state as state_lib
 from maml_dist.checkpointing import Checkpointer
 from maml_dist.feed import HostFeed
@@ -96,12 +96,7 @@ def train_and_evaluate(
     )
 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.max_to_keep)
-    latest = ckpt.latest_step()
-    if latest is not None:
-        started = time.perf_counter()
-        logging.info("restoring the checkpoint at step %d...", latest)
-        state = ckpt.restore(latest, state)
-        logging.info("resumed from step %d in %.1f s", latest, time.perf_counter() - started)
+    state = _restore(ckpt, state)
     step = int(jax.device_get(state.step))
     if is_main:
         with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -146,6 +141,33 @@ def train_and_evaluate(
     writer.write_hparams(_hparams(config), last_eval, step=int(jax.device_get(state.step)))
     writer.close()
     return state
+
+
+def _restore(ckpt: Checkpointer, state: state_lib.TrainState) -> state_lib.TrainState:
+    """The newest checkpoint that restores, or `state` if there is none.
+
+    Newer checkpoints that do not restore are set aside under `checkpoints/damaged/`, one
+    warning line each: kept for the user to inspect, out of the way of the steps that
+    will be saved again and of `max_to_keep`'s garbage collection.
+    """
+    latest = ckpt.latest_step()
+    if latest is None:
+        return state
+    started = time.perf_counter()
+    logging.info("restoring the checkpoint at step %d...", latest)
+    restored, step, damaged = recovery.restore_newest(ckpt, state)
+    for d in damaged:
+        path = ckpt.set_aside(d.step)
+        logging.warning(
+            "the checkpoint at step %d cannot be restored (%s); moved it to %s and resuming "
+            "from step %d",
+            d.step,
+            d.error,
+            path,
+            step,
+        )
+    logging.info("resumed from step %d in %.1f s", step, time.perf_counter() - started)
+    return restored
 
 
 def _hparams(config: ml_collections.ConfigDict) -> dict:
