@@ -9,7 +9,7 @@ import tempfile
 
 import ml_collections
 
-from maml_dist import algorithms
+from maml_dist import algorithms, nonfinite
 from maml_dist.errors import UserInputError
 from maml_dist.parallel import AUTO, BATCHINGS, REDUCTIONS
 from maml_dist.problem import MAMLPP_DEFAULTS
@@ -40,7 +40,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     Raises:
         UserInputError: naming the field, the bad value and what is allowed.
     """
-    optional = tuple(n for n in ("host_chunk_steps", "ways") if n in config)
+    optional = tuple(n for n in ("host_chunk_steps", "ways", "nonfinite_max_skips") if n in config)
     for name in _POSITIVE_INTS + _NON_NEGATIVE_INTS + optional:
         value = config[name]
         if isinstance(value, bool) or not isinstance(value, int):
@@ -72,6 +72,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                 f"config.{name} must be one of {', '.join(map(repr, allowed))}, got "
                 f"{config[name]!r}; pass e.g. --config.{name}={allowed[0]}"
             )
+    mode = config.get("nonfinite", nonfinite.DEFAULT_MODE)
+    if mode not in nonfinite.MODES:
+        raise UserInputError(
+            f"config.nonfinite must be 'stop' or 'skip', got {mode!r}; pass "
+            f"--config.nonfinite=stop to stop at the first non-finite meta-step, or "
+            f"--config.nonfinite=skip to skip such steps"
+        )
     _validate_mamlpp(config)
     if config.grad_clip_norm < 0:
         raise UserInputError(
@@ -169,13 +176,23 @@ RESUMABLE_CHANGES = frozenset(
         "eval_tasks",
         "host_chunk_steps",  # chunking does not change the batches of any step
         "data_dir",  # the same data may live elsewhere on another machine
+        # What to do on a non-finite step: a finite run trains the same either way, and a
+        # stopped run is resumed with "skip" (or more skips) in the same workdir.
+        "nonfinite",
+        "nonfinite_max_skips",
     }
 )
 
 
 # Fields added after maml_dist 0.2.0, with the values that reproduce what older runs did;
 # conv-net configs (their model has `filters`) also got the batch-norm fields.
-LATER_FIELDS = {"meta_lr_schedule": "auto", "meta_lr_min": 1e-5, "mamlpp": MAMLPP_DEFAULTS}
+LATER_FIELDS = {
+    "meta_lr_schedule": "auto",
+    "meta_lr_min": 1e-5,
+    "mamlpp": MAMLPP_DEFAULTS,
+    "nonfinite": nonfinite.DEFAULT_MODE,
+    "nonfinite_max_skips": nonfinite.DEFAULT_MAX_SKIPS,
+}
 LATER_CONV_FIELDS = {"bn_momentum": 0.1}
 LATER_CONV_MODEL_FIELDS = {"bn_mode": "auto"}
 

@@ -11,7 +11,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from maml_dist import checks, parallel, recovery
+from maml_dist import checks, nonfinite, parallel, recovery
 from maml_dist import state as state_lib
 from maml_dist.checkpointing import Checkpointer
 from maml_dist.feed import HostFeed
@@ -105,7 +105,7 @@ def train_and_evaluate(
     monitor = Monitor(config, problem, replicated)
 
     meta_grad_fn = parallel.make_meta_grad_fn(parallel.meta_batch_spec(config, problem), mesh)
-    train_step = parallel.make_train_step(meta_grad_fn, tx)
+    train_step = parallel.make_train_step(meta_grad_fn, tx, nonfinite.limit(config))
     layout = parallel.TaskLayout(config.meta_batch_size, mesh.shape[parallel.AXIS])
     feed = None
     if problem.family.host_sampled:
@@ -133,6 +133,11 @@ def train_and_evaluate(
         state, last_eval = _loop(
             config, state, step, run, feed, clock, writer, schedule, ckpt, monitor
         )
+    except nonfinite.NonFiniteError:
+        # Finished saves stay; the records of the good chunks are flushed.
+        ckpt.close()
+        writer.close()
+        raise
     finally:
         if feed is not None:
             feed.close()
@@ -192,9 +197,14 @@ def _loop(config, state, step, run, feed, clock, writer, schedule, ckpt, monitor
 
     Returns:
         (the final state, the last validation scalars: {} if none ran).
+
+    Raises:
+        nonfinite.NonFiniteError: when the run met more non-finite steps than its mode
+            allows; no checkpoint is written from that chunk on.
     """
     is_main = jax.process_index() == 0
     pending, last_eval, first = None, {}, True
+    skipped = _Skipped(config, ckpt, int(jax.device_get(state.skipped_steps)))
     while step < config.num_steps:
         if first:
             logging.info("compiling the meta-step...")
@@ -219,14 +229,17 @@ def _loop(config, state, step, run, feed, clock, writer, schedule, ckpt, monitor
         if pending is not None:
             # Blocks on the previous chunk only: at most two chunks are ever in flight
             # (README trap 2), and the host logs while the device computes.
-            jax.block_until_ready(pending[1])
-            _report(writer, clock, config, schedule, *pending)
+            jax.block_until_ready(pending[2])
+            skipped.check(*pending[:3])
+            _report(writer, clock, config, schedule, *pending[1:])
         extra = {}
         checkpoint_now = _is_multiple(end, config.checkpoint_every, config)
         eval_now = _is_multiple(end, config.eval_every, config)
         if checkpoint_now or eval_now:
             # The chunk's own compute counts as training; only what follows is excluded.
             jax.block_until_ready(state)
+            # A stopped run's state is frozen at its last good step, but is never saved.
+            skipped.check(step, end, metrics)
         with clock.paused():
             if checkpoint_now:
                 ckpt.save(end, state, force=end == config.num_steps)
@@ -235,11 +248,47 @@ def _loop(config, state, step, run, feed, clock, writer, schedule, ckpt, monitor
                 image = monitor.image(state.meta_params, render=is_main)
                 if image is not None:
                     writer.write_image(end, "eval/adaptation", image)
-        pending = (end, metrics, extra)
+        pending = (step, end, metrics, extra)
         step = end
     if pending is not None:
-        _report(writer, clock, config, schedule, *pending)
+        skipped.check(*pending[:3])
+        _report(writer, clock, config, schedule, *pending[1:])
     return state, last_eval
+
+
+class _Skipped:
+    """The host's side of the non-finite guard: warns of skipped steps, stops a halted run."""
+
+    def __init__(self, config, ckpt: Checkpointer, skipped: int):
+        self.config, self.ckpt, self.skipped = config, ckpt, skipped
+        self.checked_to = 0
+
+    def check(self, start: int, end: int, metrics) -> None:
+        """Reads the chunk `start`-`end` (once).
+
+        Raises:
+            nonfinite.NonFiniteError: if the run stopped in it.
+        """
+        if end <= self.checked_to:
+            return
+        self.checked_to = end
+        skipped, stopped_at = nonfinite.check_chunk(metrics, start, self.config)
+        if stopped_at is not None:
+            self.ckpt.wait_until_finished()
+            raise nonfinite.NonFiniteError(
+                nonfinite.stop_message(
+                    self.config, stopped_at, self.ckpt.latest_step(), self.ckpt.directory
+                )
+            )
+        if skipped > self.skipped:
+            logging.warning(
+                "skipped %d meta-step(s) with non-finite values in steps %d-%d (%d in all)",
+                skipped - self.skipped,
+                start + 1,
+                end,
+                skipped,
+            )
+        self.skipped = skipped
 
 
 class _Clock:
@@ -272,6 +321,8 @@ def _report(writer, clock, config, schedule, end, metrics, extra) -> None:
     """Writes the records of a finished chunk: the last step's metrics plus throughput."""
     if not (_is_multiple(end, config.log_every, config) or extra):
         return
+    # nonfinite_in_row only steers the guard; skipped_steps is the reported count.
+    metrics = {k: v for k, v in metrics.items() if k != "nonfinite_in_row"}
     last = {k: float(v[-1]) for k, v in jax.device_get(metrics).items()}
     steps = end - clock.step
     seconds = clock.lap(end)
