@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 
 from maml_dist.errors import RunStoppedError
 from maml_dist.state import TrainState
@@ -121,3 +122,42 @@ def stop_message(
         f"checkpoint holds finite values): resume from it with the same --workdir and "
         f"{resume}, or {retrain}"
     )
+
+
+class Watch:
+    """The host's side of the guard: warns of skipped steps, stops a halted run.
+
+    Args:
+        config: the run's config.
+        ckpt: the run's `Checkpointer`, to name the last good checkpoint.
+        skipped: the skipped steps of the state the run resumed from.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, ckpt, skipped: int):
+        self.config, self.ckpt, self.skipped = config, ckpt, skipped
+        self.checked_to = 0
+
+    def check(self, start: int, end: int, metrics) -> None:
+        """Reads the chunk `start`-`end` (once).
+
+        Raises:
+            NonFiniteError: if the run stopped in it.
+        """
+        if end <= self.checked_to:
+            return
+        self.checked_to = end
+        skipped, stopped_at = check_chunk(metrics, start, self.config)
+        if stopped_at is not None:
+            self.ckpt.wait_until_finished()
+            raise NonFiniteError(
+                stop_message(self.config, stopped_at, self.ckpt.latest_step(), self.ckpt.directory)
+            )
+        if skipped > self.skipped:
+            logging.warning(
+                "skipped %d meta-step(s) with non-finite values in steps %d-%d (%d in all)",
+                skipped - self.skipped,
+                start + 1,
+                end,
+                skipped,
+            )
+        self.skipped = skipped

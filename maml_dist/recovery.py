@@ -11,9 +11,11 @@ passed over by all.
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import jax
 import numpy as np
+from absl import logging
 from jax.experimental import multihost_utils
 
 from maml_dist.checkpointing import Checkpointer
@@ -107,3 +109,30 @@ def restore_step(ckpt: Checkpointer, step: int, target):
             f"newest one that restores"
         )
     return state
+
+
+def resume(ckpt: Checkpointer, state):
+    """The training state to resume from: the newest checkpoint that restores, else `state`.
+
+    Newer checkpoints that do not restore are set aside under `checkpoints/damaged/`, one
+    warning line each: kept for the user to inspect, out of the way of the steps that
+    will be saved again and of `max_to_keep`'s garbage collection.
+    """
+    latest = ckpt.latest_step()
+    if latest is None:
+        return state
+    started = time.perf_counter()
+    logging.info("restoring the checkpoint at step %d...", latest)
+    restored, step, damaged = restore_newest(ckpt, state)
+    for d in damaged:
+        path = ckpt.set_aside(d.step)
+        logging.warning(
+            "the checkpoint at step %d cannot be restored (%s); moved it to %s and resuming "
+            "from step %d",
+            d.step,
+            d.error,
+            path,
+            step,
+        )
+    logging.info("resumed from step %d in %.1f s", step, time.perf_counter() - started)
+    return restored

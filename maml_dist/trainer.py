@@ -96,7 +96,7 @@ def train_and_evaluate(
     )
 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.max_to_keep)
-    state = _restore(ckpt, state)
+    state = recovery.resume(ckpt, state)
     step = int(jax.device_get(state.step))
     if is_main:
         with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -148,33 +148,6 @@ def train_and_evaluate(
     return state
 
 
-def _restore(ckpt: Checkpointer, state: state_lib.TrainState) -> state_lib.TrainState:
-    """The newest checkpoint that restores, or `state` if there is none.
-
-    Newer checkpoints that do not restore are set aside under `checkpoints/damaged/`, one
-    warning line each: kept for the user to inspect, out of the way of the steps that
-    will be saved again and of `max_to_keep`'s garbage collection.
-    """
-    latest = ckpt.latest_step()
-    if latest is None:
-        return state
-    started = time.perf_counter()
-    logging.info("restoring the checkpoint at step %d...", latest)
-    restored, step, damaged = recovery.restore_newest(ckpt, state)
-    for d in damaged:
-        path = ckpt.set_aside(d.step)
-        logging.warning(
-            "the checkpoint at step %d cannot be restored (%s); moved it to %s and resuming "
-            "from step %d",
-            d.step,
-            d.error,
-            path,
-            step,
-        )
-    logging.info("resumed from step %d in %.1f s", step, time.perf_counter() - started)
-    return restored
-
-
 def _hparams(config: ml_collections.ConfigDict) -> dict:
     """The config as flat `a.b` hyper-parameters of the types TensorBoard shows."""
     flat = {}
@@ -204,7 +177,7 @@ def _loop(config, state, step, run, feed, clock, writer, schedule, ckpt, monitor
     """
     is_main = jax.process_index() == 0
     pending, last_eval, first = None, {}, True
-    skipped = _Skipped(config, ckpt, int(jax.device_get(state.skipped_steps)))
+    skipped = nonfinite.Watch(config, ckpt, int(jax.device_get(state.skipped_steps)))
     while step < config.num_steps:
         if first:
             logging.info("compiling the meta-step...")
@@ -254,41 +227,6 @@ def _loop(config, state, step, run, feed, clock, writer, schedule, ckpt, monitor
         skipped.check(*pending[:3])
         _report(writer, clock, config, schedule, *pending[1:])
     return state, last_eval
-
-
-class _Skipped:
-    """The host's side of the non-finite guard: warns of skipped steps, stops a halted run."""
-
-    def __init__(self, config, ckpt: Checkpointer, skipped: int):
-        self.config, self.ckpt, self.skipped = config, ckpt, skipped
-        self.checked_to = 0
-
-    def check(self, start: int, end: int, metrics) -> None:
-        """Reads the chunk `start`-`end` (once).
-
-        Raises:
-            nonfinite.NonFiniteError: if the run stopped in it.
-        """
-        if end <= self.checked_to:
-            return
-        self.checked_to = end
-        skipped, stopped_at = nonfinite.check_chunk(metrics, start, self.config)
-        if stopped_at is not None:
-            self.ckpt.wait_until_finished()
-            raise nonfinite.NonFiniteError(
-                nonfinite.stop_message(
-                    self.config, stopped_at, self.ckpt.latest_step(), self.ckpt.directory
-                )
-            )
-        if skipped > self.skipped:
-            logging.warning(
-                "skipped %d meta-step(s) with non-finite values in steps %d-%d (%d in all)",
-                skipped - self.skipped,
-                start + 1,
-                end,
-                skipped,
-            )
-        self.skipped = skipped
 
 
 class _Clock:
