@@ -168,3 +168,26 @@ def test_evaluate_a_damaged_step_fails_in_one_line(straight, tmp_path):
         "; pass another --step (steps there: 100), or none for the newest one that restores"
     )
     assert "Traceback" not in proc.stderr
+
+
+def test_two_processes_fall_back_together(tmp_path):
+    """2 processes x 4 devices pass over a damaged checkpoint alike and match 1 x 8."""
+    from test_multiprocess import DETERMINISTIC, TINY, _local, _overrides
+
+    straight = str(tmp_path / "straight")
+    trainer.train_and_evaluate(tiny_config(num_steps=60, **DETERMINISTIC), straight)
+    workdir = str(tmp_path / "run")
+    trainer.train_and_evaluate(tiny_config(num_steps=30, **DETERMINISTIC), workdir)
+    trainer.train_and_evaluate(tiny_config(num_steps=60, **DETERMINISTIC), workdir)
+    ckpts = os.path.join(workdir, "checkpoints")
+    assert sorted(os.listdir(ckpts)) == ["30", "60"]
+    _truncate_data(os.path.join(ckpts, "60"))
+    rc, _, err = _local(
+        2, 4, TINY, f"--workdir={workdir}", *_overrides(num_steps=60, **DETERMINISTIC)
+    )
+    assert rc == 0, err[-3000:]
+    for log in ("process_0.log", "process_1.log"):
+        with open(os.path.join(workdir, "logs", log)) as f:
+            assert "the checkpoint at step 60 cannot be restored (" in f.read(), log
+    assert sorted(os.listdir(os.path.join(ckpts, "damaged"))) == ["60"]
+    assert _losses(workdir) == _losses(straight)
