@@ -61,8 +61,9 @@ def restore_params(config: ml_collections.ConfigDict, workdir: str, step: int | 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=1, create=False)
     try:
         started = time.perf_counter()
-        which = "the newest checkpoint" if step is None else f"the checkpoint at step {step}"
-        logging.info("restoring %s...", which)
+        logging.info(
+            "restoring the checkpoint at step %s...", ckpt.latest_step() if step is None else step
+        )
         if step is None:
             # Damaged checkpoints are passed over but left in place: evaluation only reads.
             state, step, damaged = recovery.restore_newest(ckpt, target)
