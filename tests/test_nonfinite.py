@@ -10,6 +10,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 from helpers import ROOT, run_module, tiny_config
+from test_trainer import _read_events
 
 from maml_dist import nonfinite, parallel, trainer
 from maml_dist.metrics import read_jsonl
@@ -177,6 +178,7 @@ def test_stop_names_the_step_and_the_last_good_checkpoint(monkeypatch, tmp_path)
         (60, 3),
     ]
     assert _checkpoints_are_finite(workdir) == [40, 50, 60]
+    assert ("train/skipped_steps", "scalar") in _read_events(os.path.join(workdir, "tb"))
 
 
 def test_skip_stops_after_the_maximum_in_a_row(monkeypatch, tmp_path):
