@@ -81,7 +81,7 @@ class Checkpointer:
         finally:
             handler.close()
         missing = {k: _zeros(v) for k, v in fields.items() if k not in saved}
-        return abstract.replace(**restored, **missing)
+        return dataclasses.replace(abstract, **restored, **missing)
 
     def set_aside(self, step: int) -> str:
         """Moves checkpoint `step` to `<checkpoints>/damaged/<step>`, out of orbax's reach.
@@ -93,6 +93,8 @@ class Checkpointer:
             The new path (suffixed `.2`, `.3`, ... if that step was set aside before).
         """
         self._manager.wait_until_finished()
+        # Every process names the same folder only if none looks after process 0 moved it.
+        _sync_processes(f"maml_dist before setting aside {step}")
         folder = os.path.join(self.directory, DAMAGED)
         path = os.path.join(folder, str(step))
         n = 1
@@ -102,8 +104,7 @@ class Checkpointer:
         if jax.process_index() == 0:
             os.makedirs(folder, exist_ok=True)
             os.replace(os.path.join(self.directory, str(step)), path)
-        if jax.process_count() > 1:
-            multihost_utils.sync_global_devices(f"maml_dist set aside {step}")
+        _sync_processes(f"maml_dist after setting aside {step}")
         self._manager.reload()
         return path
 
@@ -115,6 +116,11 @@ class Checkpointer:
         """Waits for pending saves, then releases the manager."""
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def _sync_processes(name: str) -> None:
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
 
 
 def _zeros(abstract: jax.ShapeDtypeStruct) -> jax.Array:

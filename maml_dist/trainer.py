@@ -177,7 +177,7 @@ def _loop(config, state, step, run, feed, clock, writer, schedule, ckpt, monitor
     """
     is_main = jax.process_index() == 0
     pending, last_eval, first = None, {}, True
-    skipped = nonfinite.Watch(config, ckpt, int(jax.device_get(state.skipped_steps)))
+    watch = nonfinite.Watch(config, ckpt, int(jax.device_get(state.skipped_steps)))
     while step < config.num_steps:
         if first:
             logging.info("compiling the meta-step...")
@@ -203,7 +203,7 @@ def _loop(config, state, step, run, feed, clock, writer, schedule, ckpt, monitor
             # Blocks on the previous chunk only: at most two chunks are ever in flight
             # (README trap 2), and the host logs while the device computes.
             jax.block_until_ready(pending[2])
-            skipped.check(*pending[:3])
+            watch.check(*pending[:3])
             _report(writer, clock, config, schedule, *pending[1:])
         extra = {}
         checkpoint_now = _is_multiple(end, config.checkpoint_every, config)
@@ -212,7 +212,7 @@ def _loop(config, state, step, run, feed, clock, writer, schedule, ckpt, monitor
             # The chunk's own compute counts as training; only what follows is excluded.
             jax.block_until_ready(state)
             # A stopped run's state is frozen at its last good step, but is never saved.
-            skipped.check(step, end, metrics)
+            watch.check(step, end, metrics)
         with clock.paused():
             if checkpoint_now:
                 ckpt.save(end, state, force=end == config.num_steps)
@@ -224,7 +224,7 @@ def _loop(config, state, step, run, feed, clock, writer, schedule, ckpt, monitor
         pending = (step, end, metrics, extra)
         step = end
     if pending is not None:
-        skipped.check(*pending[:3])
+        watch.check(*pending[:3])
         _report(writer, clock, config, schedule, *pending[1:])
     return state, last_eval
 

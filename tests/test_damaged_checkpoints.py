@@ -29,6 +29,11 @@ def _delete_tree_metadata(step_dir):
     os.remove(os.path.join(step_dir, "default", "_METADATA"))
 
 
+def _garble_tree_metadata(step_dir):
+    with open(os.path.join(step_dir, "default", "_METADATA"), "w") as f:
+        f.write("{not json")
+
+
 def _delete_item(step_dir):
     shutil.rmtree(os.path.join(step_dir, "default"))
 
@@ -36,6 +41,7 @@ def _delete_item(step_dir):
 DAMAGES = {
     "truncated data": _truncate_data,
     "missing metadata": _delete_tree_metadata,
+    "unreadable metadata": _garble_tree_metadata,
     "missing item folder": _delete_item,
 }
 
