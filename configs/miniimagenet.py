@@ -70,6 +70,11 @@ def paper_settings(shots: int) -> ml_collections.ConfigDict:
     c.meta_lr_schedule = "auto"
     c.meta_lr_min = 1e-5
     c.grad_clip_norm = 0.0
+    # A meta-step whose meta-loss, meta-gradient or update is inf or NaN is never applied
+    # (README, "Non-finite values"): "stop" ends the run at the first one (exit status 1);
+    # "skip" goes on without it, and stops after nonfinite_max_skips of them in a row.
+    c.nonfinite = "stop"
+    c.nonfinite_max_skips = 10
 
     c.log_every = 100
     c.eval_every = 1_000

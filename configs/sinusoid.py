@@ -70,6 +70,11 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.meta_lr_schedule = "auto"
     c.meta_lr_min = 1e-5
     c.grad_clip_norm = 0.0  # 0 disables global-norm clipping.
+    # A meta-step whose meta-loss, meta-gradient or update is inf or NaN is never applied
+    # (README, "Non-finite values"): "stop" ends the run at the first one (exit status 1);
+    # "skip" goes on without it, and stops after nonfinite_max_skips of them in a row.
+    c.nonfinite = "stop"
+    c.nonfinite_max_skips = 10
 
     c.log_every = 500
     c.eval_every = 5_000

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
+import sys
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+from jax.experimental import multihost_utils
+
+DAMAGED = "damaged"  # <checkpoints>/damaged/<step>: checkpoints set aside, never deleted
 
 
 class Checkpointer:
@@ -20,7 +28,11 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=create, enable_async_checkpointing=True
         )
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        # Naming the handler lets a step whose item folder is gone fail as "not found"
+        # instead of leaving the manager unable to restore any other step.
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options, item_handlers=ocp.StandardCheckpointHandler()
+        )
 
     def latest_step(self) -> int | None:
         """The newest finished checkpoint's step, or None."""
@@ -37,21 +49,103 @@ class Checkpointer:
     def restore(self, step: int, target):
         """Restores checkpoint `step` with the structure, dtypes and shardings of `target`.
 
+        Reads on this process only, with no barrier: orbax's own restore ends with one, and
+        a process that failed to read would skip it while the others wait there. Callers
+        that must agree across processes do so afterwards (`maml_dist.recovery`).
+
+        Fields of a dataclass `target` that the checkpoint predates (written by an older
+        version) come back as zeros, e.g. `TrainState.skipped_steps`.
+
         Args:
             step: which checkpoint.
             target: a pytree of arrays or `jax.ShapeDtypeStruct`s with shardings; restoring
                 into it keeps optax states as their own types rather than lists, and places
                 every array as the current topology wants it (whatever wrote the checkpoint).
+
+        Raises:
+            Exception: whatever orbax or tensorstore raise for a damaged checkpoint.
         """
         abstract = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target
         )
-        return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        path = epath.Path(self.directory) / str(step) / ocp.checkpoint_manager.DEFAULT_ITEM_NAME
+        handler = ocp.StandardCheckpointHandler()
+        try:
+            with _quiet_closed_loop():
+                if not dataclasses.is_dataclass(abstract):
+                    return handler.restore(path, args=ocp.args.StandardRestore(abstract))
+                saved = set(handler.metadata(path).keys())
+                fields = {f.name: getattr(abstract, f.name) for f in dataclasses.fields(abstract)}
+                present = {k: v for k, v in fields.items() if k in saved}
+                restored = handler.restore(path, args=ocp.args.StandardRestore(present))
+        finally:
+            handler.close()
+        missing = {k: _zeros(v) for k, v in fields.items() if k not in saved}
+        return dataclasses.replace(abstract, **restored, **missing)
+
+    def set_aside(self, step: int) -> str:
+        """Moves checkpoint `step` to `<checkpoints>/damaged/<step>`, out of orbax's reach.
+
+        There it is neither restored again nor garbage-collected by `max_to_keep`, and the
+        step can be saved anew. Process 0 moves it; every process must call this.
+
+        Returns:
+            The new path (suffixed `.2`, `.3`, ... if that step was set aside before).
+        """
+        self._manager.wait_until_finished()
+        # Every process names the same folder only if none looks after process 0 moved it.
+        _sync_processes(f"maml_dist before setting aside {step}")
+        folder = os.path.join(self.directory, DAMAGED)
+        path = os.path.join(folder, str(step))
+        n = 1
+        while os.path.exists(path):
+            n += 1
+            path = os.path.join(folder, f"{step}.{n}")
+        if jax.process_index() == 0:
+            os.makedirs(folder, exist_ok=True)
+            os.replace(os.path.join(self.directory, str(step)), path)
+        _sync_processes(f"maml_dist after setting aside {step}")
+        self._manager.reload()
+        return path
+
+    def wait_until_finished(self) -> None:
+        """Waits for pending asynchronous saves."""
+        self._manager.wait_until_finished()
 
     def close(self) -> None:
         """Waits for pending saves, then releases the manager."""
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def _sync_processes(name: str) -> None:
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def _zeros(abstract: jax.ShapeDtypeStruct) -> jax.Array:
+    return jax.device_put(np.zeros(abstract.shape, abstract.dtype), abstract.sharding)
+
+
+@contextlib.contextmanager
+def _quiet_closed_loop():
+    """Drops the "Event loop is closed" reports tensorstore callbacks print after a failed read.
+
+    A read that fails leaves callbacks that fire into orbax's finished event loop; Python
+    prints each as an unraisable exception, dozens of tracebacks for one damaged file.
+    """
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        error = unraisable.exc_value
+        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
 
 
 def has_checkpoint(directory: str) -> bool:

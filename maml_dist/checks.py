@@ -9,7 +9,7 @@ import tempfile
 
 import ml_collections
 
-from maml_dist import algorithms
+from maml_dist import algorithms, nonfinite
 from maml_dist.errors import UserInputError
 from maml_dist.parallel import AUTO, BATCHINGS, REDUCTIONS
 from maml_dist.problem import MAMLPP_DEFAULTS
@@ -36,6 +36,7 @@ _POSITIVE_FLOATS = ("inner_lr", "meta_lr", "imaml_lambda")
 _OPTIONAL_POSITIVE_INTS = (
     "host_chunk_steps",
     "ways",
+    "nonfinite_max_skips",
     "model.filters",
     "model.blocks",
     "model.strides",
@@ -120,6 +121,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                 f"config.{name} must be one of {', '.join(map(repr, allowed))}, got "
                 f"{config[name]!r}; pass e.g. --config.{name}={allowed[0]}"
             )
+    mode = config.get("nonfinite", nonfinite.DEFAULT_MODE)
+    if mode not in nonfinite.MODES:
+        raise UserInputError(
+            f"config.nonfinite must be 'stop' or 'skip', got {mode!r}; pass "
+            f"--config.nonfinite=stop to stop at the first non-finite meta-step, or "
+            f"--config.nonfinite=skip to skip such steps"
+        )
     _validate_mamlpp(config)
 
 
@@ -218,13 +226,23 @@ RESUMABLE_CHANGES = frozenset(
         "eval_tasks",
         "host_chunk_steps",  # chunking does not change the batches of any step
         "data_dir",  # the same data may live elsewhere on another machine
+        # What to do on a non-finite step: a finite run trains the same either way, and a
+        # stopped run is resumed with "skip" (or more skips) in the same workdir.
+        "nonfinite",
+        "nonfinite_max_skips",
     }
 )
 
 
 # Fields added after maml_dist 0.2.0, with the values that reproduce what older runs did;
 # conv-net configs (their model has `filters`) also got the batch-norm fields.
-LATER_FIELDS = {"meta_lr_schedule": "auto", "meta_lr_min": 1e-5, "mamlpp": MAMLPP_DEFAULTS}
+LATER_FIELDS = {
+    "meta_lr_schedule": "auto",
+    "meta_lr_min": 1e-5,
+    "mamlpp": MAMLPP_DEFAULTS,
+    "nonfinite": nonfinite.DEFAULT_MODE,
+    "nonfinite_max_skips": nonfinite.DEFAULT_MAX_SKIPS,
+}
 LATER_CONV_FIELDS = {"bn_momentum": 0.1}
 LATER_CONV_MODEL_FIELDS = {"bn_mode": "auto"}
 # Omniglot runs before the alphabet split had validation alphabets (0.3).

@@ -11,10 +11,10 @@ from typing import NoReturn
 from absl import flags, logging
 
 
-def fail(prog: str, message: str) -> NoReturn:
-    """Prints `prog: error: message` on stderr and exits with status 2."""
+def fail(prog: str, message: str, status: int = 2) -> NoReturn:
+    """Prints `prog: error: message` on stderr and exits with `status` (2: bad input)."""
     print(f"{prog}: error: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(status)
 
 
 def make_flags_parser(prog: str):
@@ -181,6 +181,9 @@ def start_runtime(prog: str):
 def run_reporting_errors(prog: str, fn, watch=None) -> None:
     """Runs `fn()`, turning user-input errors and lost peer processes into one-line errors.
 
+    Bad input exits with status 2; a run stopped on purpose (`RunStoppedError`, e.g. on
+    non-finite values) with status 1.
+
     Args:
         prog: the entry point's name, for messages.
         fn: the work.
@@ -188,12 +191,14 @@ def run_reporting_errors(prog: str, fn, watch=None) -> None:
     """
     import jax
 
-    from maml_dist.errors import UserInputError
+    from maml_dist.errors import RunStoppedError, UserInputError
 
     try:
         fn()
     except UserInputError as e:
         fail(prog, str(e))
+    except RunStoppedError as e:
+        fail(prog, str(e), status=1)
     except jax.errors.JaxRuntimeError as e:
         if watch is None:
             raise

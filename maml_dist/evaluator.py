@@ -12,7 +12,15 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from maml_dist import checks, formatting, meta_test, parallel, plotting, recorded_split
+from maml_dist import (
+    checks,
+    formatting,
+    meta_test,
+    parallel,
+    plotting,
+    recorded_split,
+    recovery,
+)
 from maml_dist import state as state_lib
 from maml_dist.checkpointing import Checkpointer, has_checkpoint
 from maml_dist.data import omniglot_runs as omniglot_runs_lib
@@ -41,7 +49,7 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def restore_params(config: ml_collections.ConfigDict, workdir: str, step: int | None, problem=None):
-    """Restores the meta-parameters of checkpoint `step` (default: the latest).
+    """Restores the meta-parameters of checkpoint `step` (default: the newest that restores).
 
     `problem` is the config's `Problem` if the caller has built it already.
 
@@ -60,16 +68,23 @@ def restore_params(config: ml_collections.ConfigDict, workdir: str, step: int | 
     )
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=1, create=False)
     try:
-        steps = ckpt.all_steps()
-        step = steps[-1] if step is None else step
-        if step not in steps:
-            raise checks.UserInputError(
-                f"no checkpoint at step {step} in {ckpt.directory!r}; available steps: {steps}"
-            )
         started = time.perf_counter()
-        logging.info("restoring the checkpoint at step %d...", step)
-        state = ckpt.restore(step, target)
-        logging.info("restored in %.1f s", time.perf_counter() - started)
+        logging.info(
+            "restoring the checkpoint at step %s...", ckpt.latest_step() if step is None else step
+        )
+        if step is None:
+            # Damaged checkpoints are passed over but left in place: evaluation only reads.
+            state, step, damaged = recovery.restore_newest(ckpt, target)
+            for d in damaged:
+                logging.warning(
+                    "the checkpoint at step %d cannot be restored (%s); evaluating step %d",
+                    d.step,
+                    d.error,
+                    step,
+                )
+        else:
+            state = recovery.restore_step(ckpt, step, target)
+        logging.info("restored step %d in %.1f s", step, time.perf_counter() - started)
     finally:
         ckpt.close()
     return state.meta_params, step

@@ -14,6 +14,7 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from maml_dist import nonfinite
 from maml_dist import state as state_lib
 from maml_dist.algorithms import Algorithm
 from maml_dist.state import TrainState
@@ -265,11 +266,18 @@ def reference_meta_grads(spec: MetaBatch, meta_params, step, tasks: TaskBatch | 
     return unravel(jnp.sum(rows, axis=0))
 
 
-def make_train_step(meta_grad_fn: Callable, tx: optax.GradientTransformation) -> Callable:
+def make_train_step(
+    meta_grad_fn: Callable, tx: optax.GradientTransformation, max_nonfinite_in_row: int = 1
+) -> Callable:
     """Returns the pure `(state[, tasks]) -> (state, metrics)` meta-update.
 
     `tasks` (the meta-batch, sharded over the task axis) is passed when the host samples
     them; device-sampled families take none. `measure` is as in `task_terms`.
+
+    A step whose meta-loss, meta-gradient or update is not finite changes neither the
+    meta-parameters nor the optimiser state (`nonfinite.guard`); after
+    `max_nonfinite_in_row` of them in a row the state stops changing. The metrics
+    `skipped_steps` and `nonfinite_in_row` count them.
     """
 
     def train_step(state: TrainState, tasks: TaskBatch | None = None, measure=True):
@@ -280,9 +288,17 @@ def make_train_step(meta_grad_fn: Callable, tx: optax.GradientTransformation) ->
         grads = jax.lax.optimization_barrier(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.meta_params)
         meta_params = optax.apply_updates(state.meta_params, updates)
+        new = state.replace(step=state.step + 1, meta_params=meta_params, opt_state=opt_state)
+        # The optimiser state too: Adam's second moment can overflow on finite gradients.
+        finite = nonfinite.all_finite((metrics["meta_loss"], grads, meta_params, opt_state))
+        state = nonfinite.guard(state, new, finite, max_nonfinite_in_row)
         # Running batch-norm statistics travel as "gradients" (state.running_average).
-        metrics = {**metrics, "grad_norm": optax.tree.norm(state_lib.learned(grads))}
-        state = TrainState(step=state.step + 1, meta_params=meta_params, opt_state=opt_state)
+        metrics = {
+            **metrics,
+            "grad_norm": optax.tree.norm(state_lib.learned(grads)),
+            "skipped_steps": state.skipped_steps,
+            "nonfinite_in_row": state.nonfinite_in_row,
+        }
         return state, metrics
 
     return train_step

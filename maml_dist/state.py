@@ -21,14 +21,20 @@ class TrainState:
     `step` alone fixes the data stream on resume.
 
     Attributes:
-        step: number of meta-updates applied so far (int32 scalar).
+        step: number of meta-steps taken so far, skipped ones included (int32 scalar).
         meta_params: what the algorithm meta-learns: `{"params": theta_0, ...}`.
         opt_state: the meta-optimiser's state.
+        skipped_steps: meta-steps whose update was not applied because a value was not
+            finite (int32 scalar; `maml_dist.nonfinite`).
+        nonfinite_in_row: how many of the latest meta-steps in a row were not finite (int32
+            scalar); once it reaches the run's limit the state no longer changes.
     """
 
     step: jax.Array
     meta_params: Any
     opt_state: Any
+    skipped_steps: jax.Array
+    nonfinite_in_row: jax.Array
 
 
 SCHEDULES = ("constant", "cosine")
@@ -138,8 +144,13 @@ def create_train_state(
     """Initialises the meta-parameters from `seed` and the optimiser state (traceable)."""
     params = model.init(jax.random.key(seed), example_input)["params"]
     meta_params = algorithm.init(params)
+    zero = jnp.zeros((), jnp.int32)
     return TrainState(
-        step=jnp.zeros((), jnp.int32), meta_params=meta_params, opt_state=tx.init(meta_params)
+        step=zero,
+        meta_params=meta_params,
+        opt_state=tx.init(meta_params),
+        skipped_steps=zero,
+        nonfinite_in_row=zero,
     )
 
 

@@ -11,7 +11,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from maml_dist import checks, parallel, recorded_split
+from maml_dist import checks, nonfinite, parallel, recorded_split, recovery
 from maml_dist import state as state_lib
 from maml_dist.checkpointing import Checkpointer
 from maml_dist.feed import HostFeed
@@ -108,12 +108,7 @@ def train_and_evaluate(
     )
 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.max_to_keep)
-    latest = ckpt.latest_step()
-    if latest is not None:
-        started = time.perf_counter()
-        logging.info("restoring the checkpoint at step %d...", latest)
-        state = ckpt.restore(latest, state)
-        logging.info("resumed from step %d in %.1f s", latest, time.perf_counter() - started)
+    state = recovery.resume(ckpt, state)
     step = int(jax.device_get(state.step))
     if is_main:
         with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -124,7 +119,7 @@ def train_and_evaluate(
     monitor = Monitor(config, problem, replicated)
 
     meta_grad_fn = parallel.make_meta_grad_fn(parallel.meta_batch_spec(config, problem), mesh)
-    train_step = parallel.make_train_step(meta_grad_fn, tx)
+    train_step = parallel.make_train_step(meta_grad_fn, tx, nonfinite.limit(config))
     layout = parallel.TaskLayout(config.meta_batch_size, mesh.shape[parallel.AXIS])
     feed = None
     if problem.family.host_sampled:
@@ -152,6 +147,11 @@ def train_and_evaluate(
         state, last_eval = _loop(
             config, state, step, run, feed, clock, writer, schedule, ckpt, monitor
         )
+    except nonfinite.NonFiniteError:
+        # Finished saves stay; the records of the good chunks are flushed.
+        ckpt.close()
+        writer.close()
+        raise
     finally:
         if feed is not None:
             feed.close()
@@ -186,9 +186,14 @@ def _loop(config, state, step, run, feed, clock, writer, schedule, ckpt, monitor
 
     Returns:
         (the final state, the last validation scalars: {} if none ran).
+
+    Raises:
+        nonfinite.NonFiniteError: when the run met more non-finite steps than its mode
+            allows; no checkpoint is written from that chunk on.
     """
     is_main = jax.process_index() == 0
     pending, last_eval, first = None, {}, True
+    watch = nonfinite.Watch(config, ckpt, int(jax.device_get(state.skipped_steps)))
     while step < config.num_steps:
         if first:
             logging.info("compiling the meta-step...")
@@ -213,14 +218,17 @@ def _loop(config, state, step, run, feed, clock, writer, schedule, ckpt, monitor
         if pending is not None:
             # Blocks on the previous chunk only: at most two chunks are ever in flight
             # (README trap 2), and the host logs while the device computes.
-            jax.block_until_ready(pending[1])
-            _report(writer, clock, config, schedule, *pending)
+            jax.block_until_ready(pending[2])
+            watch.check(*pending[:3])
+            _report(writer, clock, config, schedule, *pending[1:])
         extra = {}
         checkpoint_now = _is_multiple(end, config.checkpoint_every, config)
         eval_now = _is_multiple(end, config.eval_every, config)
         if checkpoint_now or eval_now:
             # The chunk's own compute counts as training; only what follows is excluded.
             jax.block_until_ready(state)
+            # A stopped run's state is frozen at its last good step, but is never saved.
+            watch.check(step, end, metrics)
         with clock.paused():
             # The two timings below are logged so a benchmark can split the run's wall
             # time into its parts from the log alone (scripts/benchmark.py).
@@ -237,10 +245,11 @@ def _loop(config, state, step, run, feed, clock, writer, schedule, ckpt, monitor
                 if image is not None:
                     writer.write_image(end, "eval/adaptation", image)
                 logging.info("validated at step %d in %.3f s", end, time.perf_counter() - started)
-        pending = (end, metrics, extra)
+        pending = (step, end, metrics, extra)
         step = end
     if pending is not None:
-        _report(writer, clock, config, schedule, *pending)
+        watch.check(*pending[:3])
+        _report(writer, clock, config, schedule, *pending[1:])
     return state, last_eval
 
 
@@ -274,6 +283,8 @@ def _report(writer, clock, config, schedule, end, metrics, extra) -> None:
     """Writes the records of a finished chunk: the last step's metrics plus throughput."""
     if not (_is_multiple(end, config.log_every, config) or extra):
         return
+    # nonfinite_in_row only steers the guard; skipped_steps is the reported count.
+    metrics = {k: v for k, v in metrics.items() if k != "nonfinite_in_row"}
     last = {k: float(v[-1]) for k, v in jax.device_get(metrics).items()}
     steps = end - clock.step
     seconds = clock.lap(end)
