@@ -6,6 +6,7 @@ import json
 import os
 
 import numpy as np
+from absl import logging
 from tensorboardX import SummaryWriter
 
 
@@ -73,10 +74,17 @@ def tb_tag(name: str) -> str:
 
 
 def _drop_records_after(path: str, step: int) -> None:
+    """Keeps the records up to `step`, and drops a last line torn by a killed process."""
     if not os.path.exists(path):
         return
     with open(path) as f:
         lines = [line for line in f if line.strip()]
+    if lines and not lines[-1].endswith("\n"):
+        # A process killed mid-write (kill -9, a lost host) leaves half a record. It is of
+        # a step no older than the last checkpoint, whose record is whole (the trainer
+        # writes it before saving), so it is rewritten when that step is run again.
+        logging.warning("dropping the torn last line of %s: %r", path, lines[-1][:80])
+        lines[-1] = '{"step": Infinity}\n'  # dropped below like any later record
     kept = [line for line in lines if json.loads(line)["step"] <= step]
     if len(kept) != len(lines):
         tmp = path + ".tmp"

@@ -17,6 +17,7 @@ from maml_dist.checkpointing import Checkpointer
 from maml_dist.feed import HostFeed
 from maml_dist.metrics import MetricWriter
 from maml_dist.monitor import Monitor
+from maml_dist.preemption import Preemption
 from maml_dist.problem import Problem, make_problem
 
 
@@ -144,9 +145,10 @@ def train_and_evaluate(
 
     clock = _Clock(step, feed)
     try:
-        state, last_eval = _loop(
-            config, state, step, run, feed, clock, writer, schedule, ckpt, monitor
-        )
+        with Preemption() as preemption:
+            state, last_eval = _loop(
+                config, state, step, run, feed, clock, writer, schedule, ckpt, monitor, preemption
+            )
     except nonfinite.NonFiniteError:
         # Finished saves stay; the records of the good chunks are flushed.
         ckpt.close()
@@ -158,8 +160,17 @@ def train_and_evaluate(
     started = time.perf_counter()
     ckpt.close()  # orbax writes in the background; this waits for the last write
     logging.info("checkpoint writes finished after %.3f s more", time.perf_counter() - started)
-    # TensorBoard's HParams view compares runs by their config and final validation metrics.
-    writer.write_hparams(_hparams(config), last_eval, step=int(jax.device_get(state.step)))
+    step = int(jax.device_get(state.step))
+    if preemption.signal is not None:
+        logging.warning(
+            "stopped by %s at step %d of %d with a checkpoint there; the same command resumes",
+            preemption.name,
+            step,
+            config.num_steps,
+        )
+    else:
+        # TensorBoard's HParams view compares runs by their config and final validation.
+        writer.write_hparams(_hparams(config), last_eval, step=step)
     writer.close()
     return state
 
@@ -181,8 +192,10 @@ def _hparams(config: ml_collections.ConfigDict) -> dict:
     return flat
 
 
-def _loop(config, state, step, run, feed, clock, writer, schedule, ckpt, monitor):
+def _loop(config, state, step, run, feed, clock, writer, schedule, ckpt, monitor, preemption):
     """Dispatches the chunks of steps; between them logs, evaluates and checkpoints.
+
+    Stops early, with a checkpoint at the step reached, once `preemption` says so.
 
     Returns:
         (the final state, the last validation scalars: {} if none ran).
@@ -222,7 +235,8 @@ def _loop(config, state, step, run, feed, clock, writer, schedule, ckpt, monitor
             watch.check(*pending[:3])
             _report(writer, clock, config, schedule, *pending[1:])
         extra = {}
-        checkpoint_now = _is_multiple(end, config.checkpoint_every, config)
+        stop = preemption.requested()
+        checkpoint_now = stop or _is_multiple(end, config.checkpoint_every, config)
         eval_now = _is_multiple(end, config.eval_every, config)
         if checkpoint_now or eval_now:
             # The chunk's own compute counts as training; only what follows is excluded.
@@ -232,12 +246,6 @@ def _loop(config, state, step, run, feed, clock, writer, schedule, ckpt, monitor
         with clock.paused():
             # The two timings below are logged so a benchmark can split the run's wall
             # time into its parts from the log alone (scripts/benchmark.py).
-            if checkpoint_now:
-                started = time.perf_counter()
-                ckpt.save(end, state, force=end == config.num_steps)
-                logging.info(
-                    "checkpoint of step %d started in %.3f s", end, time.perf_counter() - started
-                )
             if eval_now:
                 started = time.perf_counter()
                 extra = last_eval = monitor.scalars(state.meta_params)
@@ -245,8 +253,23 @@ def _loop(config, state, step, run, feed, clock, writer, schedule, ckpt, monitor
                 if image is not None:
                     writer.write_image(end, "eval/adaptation", image)
                 logging.info("validated at step %d in %.3f s", end, time.perf_counter() - started)
-        pending = (step, end, metrics, extra)
+        if checkpoint_now:
+            # This chunk's record goes to disk before its checkpoint is started, so no
+            # checkpoint ever exists without the records up to its step (a kill -9 right
+            # after a save would otherwise lose the record of the saved step for good).
+            _report(writer, clock, config, schedule, end, metrics, extra)
+            with clock.paused():
+                started = time.perf_counter()
+                ckpt.save(end, state, force=stop or end == config.num_steps)
+                logging.info(
+                    "checkpoint of step %d started in %.3f s", end, time.perf_counter() - started
+                )
+            pending = None
+        else:
+            pending = (step, end, metrics, extra)
         step = end
+        if stop:
+            break
     if pending is not None:
         watch.check(*pending[:3])
         _report(writer, clock, config, schedule, *pending[1:])
