@@ -1,9 +1,10 @@
 """kill -9 a training run at random moments, restart it each time, and check the end.
 
 Runs the sinusoid config once without interruption (the reference), then again in a fresh
-workdir where each of `--trials` starts is SIGKILLed at a random moment (uniform over the
-reference's wall time, so some land in start-up, some in steps, some while an asynchronous
-checkpoint is being written), and restarted. After the last trial the run goes to the end.
+workdir where each of `--trials` starts is SIGKILLed at a random moment (uniform from 1 s
+to `--max_kill_fraction` of the reference's wall time, so some land in start-up, some in
+steps, some while an asynchronous checkpoint is being written), and restarted. After the
+last trial the run goes to the end.
 Checks, and writes to `--json`:
 
 - each restart resumed from the newest checkpoint that was complete when it was killed
@@ -11,8 +12,8 @@ Checks, and writes to `--json`:
 - the finished run's `metrics.jsonl` equals the reference's, record for record, every
   value but the timings (bit for bit: the same steps on the same device).
 
-    python scripts/kill9_trials.py [--trials=10] [--num_steps=2000] [--checkpoint_every=50]
-        [--seed=0] [--root=/tmp/kill9] [--json=FILE]
+    python scripts/kill9_trials.py [--trials=10] [--num_steps=10000] [--checkpoint_every=50]
+        [--max_kill_fraction=0.5] [--seed=0] [--root=/tmp/kill9] [--json=FILE]
 """
 
 from __future__ import annotations
@@ -62,10 +63,10 @@ def _complete_steps(workdir: str) -> list[int]:
     return sorted(int(n) for n in os.listdir(folder) if n.isdigit())
 
 
-def _writing(workdir: str) -> bool:
-    """Whether a checkpoint was being written (orbax's temporary folder exists)."""
+def _partial(workdir: str) -> set[str]:
+    """The temporary folders of orbax: checkpoints whose write had not finished."""
     folder = os.path.join(workdir, "checkpoints")
-    return os.path.isdir(folder) and any("tmp" in n for n in os.listdir(folder))
+    return {n for n in os.listdir(folder) if "tmp" in n} if os.path.isdir(folder) else set()
 
 
 def _records(workdir: str) -> list[dict]:
@@ -88,7 +89,8 @@ def _run_to_end(workdir: str, args, log: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=10)
-    parser.add_argument("--num_steps", type=int, default=2000)
+    parser.add_argument("--num_steps", type=int, default=10000)
+    parser.add_argument("--max_kill_fraction", type=float, default=0.5)
     parser.add_argument("--checkpoint_every", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--root", default="/tmp/kill9")
@@ -104,7 +106,8 @@ def main() -> None:
     trials, expected = [], None
     for trial in range(args.trials):
         log = os.path.join(args.root, f"trial{trial:02d}.log")
-        delay = rng.uniform(0.2, wall)
+        delay = rng.uniform(1.0, max(1.0, args.max_kill_fraction * wall))
+        partial_before = _partial(work)
         with open(log, "w") as out:
             proc = subprocess.Popen(
                 _command(work, args), stdout=out, stderr=subprocess.STDOUT, env=_env(), cwd=ROOT
@@ -127,7 +130,8 @@ def main() -> None:
             "expected_resume": expected,
         }
         record["resumed_right"] = record["resumed_from"] == expected
-        record["killed_while_writing"] = _writing(work) and not finished
+        # A temporary folder this start left behind: it was killed mid-write.
+        record["killed_while_writing"] = bool(_partial(work) - partial_before) and not finished
         steps = _complete_steps(work)
         expected = steps[-1] if steps else None
         record["complete_checkpoints_after"] = steps[-3:]
