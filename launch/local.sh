@@ -14,7 +14,8 @@
 #
 # Process 0's log is echoed here; all logs stay in LOG_DIR. If any process fails, the others
 # are killed (SIGKILL: after jax.distributed starts, JAX catches SIGTERM) and the exit status
-# is the first failure's.
+# is the first failure's. SIGTERM to this script is passed to every process (a preemption:
+# they save a checkpoint at the same step and exit 0); Ctrl-C kills them.
 set -uo pipefail
 
 if [[ $# -lt 3 || $3 != "--" ]]; then
@@ -42,7 +43,14 @@ mkdir -p "$log_dir"
 
 pids=()
 kill_all() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done; }
-trap 'kill_all; exit 130' INT TERM
+# SIGTERM is a preemption: every process gets it, saves a checkpoint at the same step and
+# exits 0 (README, "Preemption"). Ctrl-C kills them all at once.
+forward_term() {
+  echo "launch/local.sh: SIGTERM: passing it on; the processes save a checkpoint and exit" >&2
+  for p in "${pids[@]}"; do [[ -n $p ]] && kill -TERM "$p" 2>/dev/null; done
+}
+trap 'kill_all; exit 130' INT
+trap forward_term TERM
 
 for ((i = 0; i < num; i++)); do
   log="$log_dir/process_$i.log"
