@@ -142,7 +142,8 @@ def _train(config, workdir, problem, split_record, mesh, tx, schedule, ckpt, sta
             os.path.join(workdir, "config.json"), config.to_json(indent=2), "the config"
         )
         if split_record is not None and recorded_split.read(workdir) is None:
-            recorded_split.write(workdir, split_record)
+            with storage.writing("the class split", recorded_split.path(workdir)):
+                recorded_split.write(workdir, split_record)
     writer = MetricWriter(workdir, is_main, resume_step=step)
     monitor = Monitor(config, problem, replicated)
 
