@@ -13,6 +13,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
+from maml_dist import storage
+
 DAMAGED = "damaged"  # <checkpoints>/damaged/<step>: checkpoints set aside, never deleted
 
 
@@ -20,6 +22,12 @@ class Checkpointer:
     """Saves and restores the TrainState under `<workdir>/checkpoints`.
 
     Every process must call every method: orbax coordinates the processes (README trap 6).
+
+    Saves are asynchronous, so a write that fails (a full disk, no permission) surfaces
+    at the next `save`, `wait_until_finished` or `close`; there it raises
+    `storage.WriteError` naming the step whose write failed. orbax writes each step into
+    `<step>.orbax-checkpoint-tmp` and renames it only once complete, so the failed step is
+    never listed and the earlier steps are untouched (`finished_steps`).
     """
 
     def __init__(self, directory: str, max_to_keep: int, create: bool = True):
@@ -33,6 +41,8 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_handlers=ocp.StandardCheckpointHandler()
         )
+        self._writing: int | None = None  # the step of the save in flight
+        self._closed = False
 
     def latest_step(self) -> int | None:
         """The newest finished checkpoint's step, or None."""
@@ -42,9 +52,27 @@ class Checkpointer:
         """Steps of all kept checkpoints, oldest first."""
         return sorted(self._manager.all_steps())
 
+    def finished_steps(self) -> list[int]:
+        """Steps of the finished checkpoints on disk, oldest first.
+
+        Read from the folder, not from orbax's list, which after a failed save may lack
+        steps that are still on disk (those it meant to garbage-collect).
+        """
+        if not os.path.isdir(self.directory):
+            return []
+        names = os.listdir(self.directory)
+        return sorted(int(n) for n in names if n.isdigit())
+
     def save(self, step: int, state, force: bool = False) -> None:
-        """Starts an asynchronous save of `state` as checkpoint `step`."""
-        self._manager.save(step, args=ocp.args.StandardSave(state), force=force)
+        """Starts an asynchronous save of `state` as checkpoint `step`.
+
+        Raises:
+            storage.WriteError: if the previous save or the start of this one failed.
+        """
+        self.wait_until_finished()
+        self._writing = step
+        with self._reporting(step):
+            self._manager.save(step, args=ocp.args.StandardSave(state), force=force)
 
     def restore(self, step: int, target):
         """Restores checkpoint `step` with the structure, dtypes and shardings of `target`.
@@ -71,7 +99,7 @@ class Checkpointer:
         path = epath.Path(self.directory) / str(step) / ocp.checkpoint_manager.DEFAULT_ITEM_NAME
         handler = ocp.StandardCheckpointHandler()
         try:
-            with _quiet_closed_loop():
+            with quiet_closed_loop():
                 if not dataclasses.is_dataclass(abstract):
                     return handler.restore(path, args=ocp.args.StandardRestore(abstract))
                 saved = set(handler.metadata(path).keys())
@@ -109,13 +137,46 @@ class Checkpointer:
         return path
 
     def wait_until_finished(self) -> None:
-        """Waits for pending asynchronous saves."""
-        self._manager.wait_until_finished()
+        """Waits for pending asynchronous saves.
+
+        Raises:
+            storage.WriteError: if the save in flight failed (reported once).
+        """
+        with self._reporting(self._writing):
+            self._manager.wait_until_finished()
+        self._writing = None
 
     def close(self) -> None:
-        """Waits for pending saves, then releases the manager."""
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Waits for pending saves, then releases the manager; closing twice is a no-op.
+
+        Raises:
+            storage.WriteError: if the save in flight failed; the manager is released.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.wait_until_finished()
+        finally:
+            self._manager.close()
+
+    @contextlib.contextmanager
+    def _reporting(self, step: int | None):
+        """Turns orbax's report of a failed write of `step` into `storage.WriteError`.
+
+        tensorstore reports the OS error inside a ValueError ("... File too large
+        [os_error_code='27']"), orbax's own file operations as OSError. Any other error
+        is not a storage failure and goes on as it is.
+        """
+        try:
+            yield
+        except Exception as e:
+            self._writing = None  # orbax reports a failed save once
+            if not storage.is_storage_error(e):
+                raise
+            where = self.directory if step is None else os.path.join(self.directory, str(step))
+            what = "a checkpoint" if step is None else f"checkpoint {step}"
+            raise storage.WriteError(what, where, e) from e
 
 
 def _sync_processes(name: str) -> None:
@@ -128,11 +189,12 @@ def _zeros(abstract: jax.ShapeDtypeStruct) -> jax.Array:
 
 
 @contextlib.contextmanager
-def _quiet_closed_loop():
-    """Drops the "Event loop is closed" reports tensorstore callbacks print after a failed read.
+def quiet_closed_loop():
+    """A context that drops the "Event loop is closed" reports of tensorstore callbacks.
 
-    A read that fails leaves callbacks that fire into orbax's finished event loop; Python
-    prints each as an unraisable exception, dozens of tracebacks for one damaged file.
+    A read or write that fails leaves callbacks that fire into orbax's finished event
+    loop; Python prints each as an unraisable exception, dozens of tracebacks for one
+    damaged or unwritable file.
     """
     previous = sys.unraisablehook
 

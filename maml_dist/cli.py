@@ -138,14 +138,18 @@ class _QuietLibraries:
     """Drops INFO lines a user cannot act on from the progress log.
 
     Orbax's chatter (dozens of lines per save) and JAX's report of probing backends that
-    are not installed (the TPU/libtpu line every CPU run starts with). `--verbosity=1`
-    keeps them.
+    are not installed (the TPU/libtpu line every CPU run starts with). Orbax's warnings
+    and errors stay, one line each: the traceback of a failed save (a full disk) is
+    dropped, since the error reaches the trainer, which stops the run with one line
+    naming it. `--verbosity=1` keeps them all, tracebacks included.
     """
 
     def filter(self, record) -> bool:
-        if record.levelno >= std_logging.WARNING:
-            return True
         path = record.pathname.replace("\\", "/")
+        if record.levelno >= std_logging.WARNING:
+            if "/orbax/" in path:
+                record.exc_info = record.exc_text = None
+            return True
         return "/orbax/" not in path and not path.endswith("jax/_src/xla_bridge.py")
 
 

@@ -11,7 +11,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from maml_dist import checks, nonfinite, parallel, recorded_split, recovery
+from maml_dist import checkpointing, checks, nonfinite, parallel, recorded_split, recovery, storage
 from maml_dist import state as state_lib
 from maml_dist.checkpointing import Checkpointer
 from maml_dist.feed import HostFeed
@@ -95,7 +95,6 @@ def train_and_evaluate(
     """
     devices = jax.devices() if devices is None else devices
     problem, split_record = check_inputs(config, workdir, len(devices))
-    is_main = jax.process_index() == 0
     mesh = parallel.make_mesh(devices)
     tx, schedule = state_lib.make_meta_optimizer(config)
     replicated = parallel.replicated(mesh)
@@ -110,12 +109,41 @@ def train_and_evaluate(
 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.max_to_keep)
     state = recovery.resume(ckpt, state)
+    try:
+        # A write that fails (a full disk, no permission) stops the run here, in one line.
+        with checkpointing.quiet_closed_loop():
+            state = _train(config, workdir, problem, split_record, mesh, tx, schedule, ckpt, state)
+    except storage.WriteError as e:
+        _close_after_stop(ckpt)
+        raise e.advised(storage.advice(ckpt.finished_steps(), ckpt.directory)) from e
+    return state
+
+
+def _close_after_stop(*sinks) -> None:
+    """Closes `sinks` after the run stopped; their own failed writes are warned of only.
+
+    The error that stopped the run is the one reported; a disk that is full for one write
+    is usually full for the next, and those follow from it.
+    """
+    for sink in sinks:
+        try:
+            sink.close()
+        except storage.WriteError as e:
+            logging.warning("also failed: %s", e)
+
+
+def _train(config, workdir, problem, split_record, mesh, tx, schedule, ckpt, state):
+    """The loop and the writes around it (see `train_and_evaluate`)."""
+    is_main = jax.process_index() == 0
+    replicated = parallel.replicated(mesh)
     step = int(jax.device_get(state.step))
     if is_main:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json(indent=2))
+        storage.write_text(
+            os.path.join(workdir, "config.json"), config.to_json(indent=2), "the config"
+        )
         if split_record is not None and recorded_split.read(workdir) is None:
-            recorded_split.write(workdir, split_record)
+            with storage.writing("the class split", recorded_split.path(workdir)):
+                recorded_split.write(workdir, split_record)
     writer = MetricWriter(workdir, is_main, resume_step=step)
     monitor = Monitor(config, problem, replicated)
 
@@ -149,29 +177,28 @@ def train_and_evaluate(
             state, last_eval = _loop(
                 config, state, step, run, feed, clock, writer, schedule, ckpt, monitor, preemption
             )
-    except nonfinite.NonFiniteError:
-        # Finished saves stay; the records of the good chunks are flushed.
-        ckpt.close()
+        started = time.perf_counter()
+        ckpt.close()  # orbax writes in the background; this waits for the last write
+        logging.info("checkpoint writes finished after %.3f s more", time.perf_counter() - started)
+        step = int(jax.device_get(state.step))
+        if preemption.signal is not None:
+            logging.warning(
+                "stopped by %s at step %d of %d with a checkpoint there; the same command resumes",
+                preemption.name,
+                step,
+                config.num_steps,
+            )
+        else:
+            # TensorBoard's HParams view compares runs by their config and final validation.
+            writer.write_hparams(_hparams(config), last_eval, step=step)
         writer.close()
+    except (nonfinite.NonFiniteError, storage.WriteError):
+        # Finished saves stay; the records of the good chunks are flushed.
+        _close_after_stop(ckpt, writer)
         raise
     finally:
         if feed is not None:
             feed.close()
-    started = time.perf_counter()
-    ckpt.close()  # orbax writes in the background; this waits for the last write
-    logging.info("checkpoint writes finished after %.3f s more", time.perf_counter() - started)
-    step = int(jax.device_get(state.step))
-    if preemption.signal is not None:
-        logging.warning(
-            "stopped by %s at step %d of %d with a checkpoint there; the same command resumes",
-            preemption.name,
-            step,
-            config.num_steps,
-        )
-    else:
-        # TensorBoard's HParams view compares runs by their config and final validation.
-        writer.write_hparams(_hparams(config), last_eval, step=step)
-    writer.close()
     return state
 
 
