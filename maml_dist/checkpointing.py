@@ -194,7 +194,9 @@ def quiet_closed_loop():
 
     A read or write that fails leaves callbacks that fire into orbax's finished event
     loop; Python prints each as an unraisable exception, dozens of tracebacks for one
-    damaged or unwritable file.
+    damaged or unwritable file. They can fire after the call has returned its error, so
+    once one has failed the filter stays for the rest of the process (it drops that one
+    report and nothing else).
     """
     previous = sys.unraisablehook
 
@@ -204,10 +206,15 @@ def quiet_closed_loop():
             previous(unraisable)
 
     sys.unraisablehook = hook
+    failed = False
     try:
         yield
+    except BaseException:
+        failed = True
+        raise
     finally:
-        sys.unraisablehook = previous
+        if not failed:
+            sys.unraisablehook = previous
 
 
 def has_checkpoint(directory: str) -> bool:
