@@ -109,8 +109,9 @@ def test_train_then_evaluate_classification_from_the_command_line(data, tmp_path
         assert (workdir / "eval" / name).stat().st_size > 0
 
 
-def test_host_fed_training_is_the_same_on_1_and_4_devices_and_resumes(data, tmp_path):
-    deterministic = {"task_batching": "loop", "reduction": "ordered"}
+@pytest.mark.parametrize("placement", ["host", "device"])
+def test_training_is_the_same_on_1_and_4_devices_and_resumes(data, tmp_path, placement):
+    deterministic = {"task_batching": "loop", "reduction": "ordered", "data_placement": placement}
     config = _config(data, tmp_path, **deterministic)
     one = trainer.train_and_evaluate(config, str(tmp_path / "one"), jax.devices()[:1])
     four = trainer.train_and_evaluate(config, str(tmp_path / "four"), jax.devices()[:4])
