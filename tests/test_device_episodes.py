@@ -1,5 +1,7 @@
 """Episodes drawn on the device: what they contain, and that they follow the host's rules."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -118,3 +120,29 @@ def test_tables_larger_than_half_a_device_are_refused():
     with pytest.raises(UserInputError, match=r"pass --config\.data_placement=host"):
         checks.check_fits_devices(2**29 + 1, [_Device()])
     checks.check_fits_devices(2**40, jax.devices()[:1])  # XLA:CPU has no memory limit
+
+
+def test_a_run_resumes_only_with_the_placement_it_started_with():
+    from configs import omniglot
+
+    config = omniglot.get_config("tiny")
+    saved = json.loads(config.to_json())
+    checks.check_resume_compatible(saved, config)
+    config.data_placement = "device"
+    with pytest.raises(UserInputError, match="data_placement='host' there, 'device' now"):
+        checks.check_resume_compatible(saved, config)
+    # Runs saved before the field existed drew on the host.
+    del saved["data_placement"]
+    with pytest.raises(UserInputError, match="data_placement"):
+        checks.check_resume_compatible(saved, config)
+    config.data_placement = "host"
+    checks.check_resume_compatible(saved, config)
+
+
+def test_an_unknown_placement_is_one_line():
+    from configs import omniglot
+
+    config = omniglot.get_config("tiny")
+    config.data_placement = "gpu"
+    with pytest.raises(UserInputError, match=r"config\.data_placement must be 'host' or 'device'"):
+        checks.validate_config(config)
