@@ -35,6 +35,7 @@ _POSITIVE_FLOATS = ("inner_lr", "meta_lr", "imaml_lambda")
 # Fields that only some configs have (a family's or a network's), checked when present.
 _OPTIONAL_POSITIVE_INTS = (
     "host_chunk_steps",
+    "host_workers",
     "ways",
     "nonfinite_max_skips",
     "model.filters",
@@ -252,6 +253,7 @@ RESUMABLE_CHANGES = frozenset(
         "max_to_keep",
         "eval_tasks",
         "host_chunk_steps",  # chunking does not change the batches of any step
+        "host_workers",  # nor does which process draws them
         "data_dir",  # the same data may live elsewhere on another machine
         # What to do on a non-finite step: a finite run trains the same either way, and a
         # stopped run is resumed with "skip" (or more skips) in the same workdir.

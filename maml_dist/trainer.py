@@ -158,7 +158,8 @@ def _train(config, workdir, problem, split_record, mesh, tx, schedule, ckpt, sta
         # Chunks are capped so a chunk's images stay a few MB; the feed builds them ahead.
         sampler = problem.family.episodes("train", config.shots, config.num_query)
         bounds = chunk_bounds(step, config, config.host_chunk_steps)
-        feed = HostFeed(sampler, config.seed, mesh, layout.per_device, bounds)
+        workers = config.get("host_workers", 1)
+        feed = HostFeed(sampler, config.seed, mesh, layout.per_device, bounds, workers=workers)
         run = parallel.make_multi_step_over(train_step)
     else:
         run = parallel.make_multi_step(train_step)
