@@ -116,6 +116,13 @@ def get_config(variant: str | None = "5w1s") -> ml_collections.ConfigDict:
     c.eval_tasks = 100
     c.eval_inner_steps = 10
     c.host_chunk_steps = 10  # meta-steps per dispatched chunk of host-sampled batches
+    # Where training episodes are drawn: "host" (numpy in a feed thread, copied to the
+    # devices each chunk) or "device" (the training images put on every device once, the
+    # episodes drawn inside the compiled step). README, "Where episodes are drawn".
+    c.data_placement = "host"
+    # Processes drawing the host feed's episodes (1: the feed's own thread). More help where
+    # the host has cores to spare and the feed cannot keep up with the devices.
+    c.host_workers = 1
 
     c.model = ml_collections.ConfigDict()
     c.model.filters = 64

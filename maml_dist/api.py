@@ -126,7 +126,7 @@ def make_learner(
     mesh = parallel.make_mesh(devices)
     replicated = parallel.replicated(mesh)
 
-    def sample_fn(key):
+    def sample_fn(key, data=None):
         return family.sample(key, config.shots, config.num_query)
 
     spec = parallel.MetaBatch(

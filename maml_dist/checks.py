@@ -12,7 +12,7 @@ import ml_collections
 from maml_dist import algorithms, nonfinite
 from maml_dist.errors import UserInputError
 from maml_dist.parallel import AUTO, BATCHINGS, REDUCTIONS
-from maml_dist.problem import MAMLPP_DEFAULTS
+from maml_dist.problem import DATA_PLACEMENTS, MAMLPP_DEFAULTS
 from maml_dist.state import SCHEDULES, resolve_schedule
 
 __all__ = ["UserInputError", "check_meta_batch", "check_resume_compatible", "validate_config"]
@@ -35,6 +35,7 @@ _POSITIVE_FLOATS = ("inner_lr", "meta_lr", "imaml_lambda")
 # Fields that only some configs have (a family's or a network's), checked when present.
 _OPTIONAL_POSITIVE_INTS = (
     "host_chunk_steps",
+    "host_workers",
     "ways",
     "nonfinite_max_skips",
     "model.filters",
@@ -128,7 +129,34 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             f"--config.nonfinite=stop to stop at the first non-finite meta-step, or "
             f"--config.nonfinite=skip to skip such steps"
         )
+    placement = config.get("data_placement", "host")
+    if placement not in DATA_PLACEMENTS:
+        raise UserInputError(
+            f"config.data_placement must be 'host' or 'device', got {placement!r}; pass "
+            f"--config.data_placement=device to draw episodes on the devices, or "
+            f"--config.data_placement=host for the host feed"
+        )
     _validate_mamlpp(config)
+
+
+def check_fits_devices(nbytes: int, devices: list) -> None:
+    """Checks that tables of `nbytes` take at most half of every device's memory.
+
+    Backends without memory statistics (XLA:CPU: the tables are in host memory, which the
+    data already occupies) pass.
+
+    Raises:
+        UserInputError: naming the sizes and the host feed as the fix.
+    """
+    for device in devices:
+        stats = device.memory_stats() or {}
+        limit = stats.get("bytes_limit")
+        if limit and nbytes > limit // 2:
+            raise UserInputError(
+                f"the training images take {nbytes / 2**30:.2f} GiB, more than half of "
+                f"{device.device_kind}'s {limit / 2**30:.2f} GiB; pass "
+                f"--config.data_placement=host to feed episodes from the host instead"
+            )
 
 
 def _validate_mamlpp(config: ml_collections.ConfigDict) -> None:
@@ -225,6 +253,7 @@ RESUMABLE_CHANGES = frozenset(
         "max_to_keep",
         "eval_tasks",
         "host_chunk_steps",  # chunking does not change the batches of any step
+        "host_workers",  # nor does which process draws them
         "data_dir",  # the same data may live elsewhere on another machine
         # What to do on a non-finite step: a finite run trains the same either way, and a
         # stopped run is resumed with "skip" (or more skips) in the same workdir.
@@ -243,7 +272,7 @@ LATER_FIELDS = {
     "nonfinite": nonfinite.DEFAULT_MODE,
     "nonfinite_max_skips": nonfinite.DEFAULT_MAX_SKIPS,
 }
-LATER_CONV_FIELDS = {"bn_momentum": 0.1}
+LATER_CONV_FIELDS = {"bn_momentum": 0.1, "data_placement": "host"}
 LATER_CONV_MODEL_FIELDS = {"bn_mode": "auto"}
 # Omniglot runs before the alphabet split had validation alphabets (0.3).
 LATER_OMNIGLOT_FIELDS = {"validation_alphabets": [], "num_validation_alphabets": 0}

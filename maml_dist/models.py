@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from maml_dist.types import HEAD
 
-CONV_IMPLS = ("xla", "im2col", "auto")
+CONV_IMPLS = ("xla", "im2col", "slices", "auto")
 # What a network's `part` argument selects: the whole network, the body (everything up to
 # the head's input), or the head alone on the body's output. ANIL adapts the head on
 # features the body computes once per task (`maml_dist.algorithms.anil`).
@@ -196,6 +196,52 @@ class PatchConv(nn.Module):
         return patches @ matrix + bias
 
 
+def slice_patches(x: jax.Array, strides: int) -> jax.Array:
+    """The 3x3 "SAME" patches of (B, H, W, C) images, as nine strided slices.
+
+    The values and feature order (channel, row, column) of
+    `lax.conv_general_dilated_patches`, which computes them as a convolution grouped by
+    channel, a kind XLA:CPU runs slowly (and its gradient likewise); slices and their
+    gradients (pads) are memory moves.
+    """
+    _, h, w, _ = x.shape
+    out_h, out_w = -(-h // strides), -(-w // strides)
+    # "SAME" padding: the total is split with the smaller half first, as XLA does.
+    pad_h = max((out_h - 1) * strides + 3 - h, 0)
+    pad_w = max((out_w - 1) * strides + 3 - w, 0)
+    x = jnp.pad(
+        x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0))
+    )
+    taps = [
+        x[
+            :,
+            i : i + (out_h - 1) * strides + 1 : strides,
+            j : j + (out_w - 1) * strides + 1 : strides,
+        ]
+        for i in range(3)
+        for j in range(3)
+    ]
+    patches = jnp.stack(taps, axis=-1)  # (B, out_h, out_w, C, 9): channel, then row, column
+    return patches.reshape(*patches.shape[:3], -1)
+
+
+class SliceConv(PatchConv):
+    """`PatchConv` with its patches cut by `slice_patches` instead of a grouped convolution.
+
+    Same parameters, names and outputs.
+    """
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """(B, H, W, C) -> (B, H/stride, W/stride, features)."""
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (3, 3, x.shape[-1], self.features)
+        )
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        matrix = kernel.transpose(2, 0, 1, 3).reshape(-1, self.features)
+        return slice_patches(x, self.strides) @ matrix + bias
+
+
 class ConvNet(nn.Module):
     """The MAML paper's conv nets: blocks of 3x3 conv, batch norm, ReLU (, 2x2 max-pool).
 
@@ -244,9 +290,10 @@ class ConvNet(nn.Module):
             if x.dtype == jnp.uint8:
                 x = x.astype(jnp.float32) / 255.0
             for i in range(self.blocks):
-                if self.conv_impl == "im2col":
-                    # Named like nn.Conv's so both implementations share checkpoints.
-                    x = PatchConv(self.filters, strides=self.strides, name=f"Conv_{i}")(x)
+                if self.conv_impl in ("im2col", "slices"):
+                    # Named like nn.Conv's so every implementation shares checkpoints.
+                    conv = PatchConv if self.conv_impl == "im2col" else SliceConv
+                    x = conv(self.filters, strides=self.strides, name=f"Conv_{i}")(x)
                 else:
                     # Named explicitly: a "body" call must not renumber the layers.
                     x = nn.Conv(

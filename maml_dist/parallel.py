@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +23,10 @@ from maml_dist.types import TRAIN_STREAM, QueryFn, TaskBatch, stream_key, task_k
 
 AXIS = "tasks"
 
-SampleFn = Callable[[jax.Array], TaskBatch]
+SampleFn = Callable[[jax.Array, Any], TaskBatch]
+"""`sample_fn(key, data) -> TaskBatch`: one task from its key and the device-resident data
+(an `EpisodeTables` pytree for image episodes drawn on the device; None for families that
+need no data, such as the sinusoids)."""
 
 
 def make_mesh(devices: list | None = None) -> jax.sharding.Mesh:
@@ -36,6 +40,18 @@ def make_mesh(devices: list | None = None) -> jax.sharding.Mesh:
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
     """Sharding that keeps a full copy on every device of the mesh."""
     return NamedSharding(mesh, P())
+
+
+def put_replicated(tree, mesh: jax.sharding.Mesh):
+    """A pytree of host (numpy) arrays as global arrays with a full copy on every device.
+
+    Every process passes the same values (each reads the data itself); each places only
+    its own devices' copies, so this works on one host or many.
+    """
+    sharding = replicated(mesh)
+    return jax.tree.map(
+        lambda a: jax.make_array_from_callback(a.shape, sharding, lambda index: a[index]), tree
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +108,8 @@ class MetaBatch:
             over tasks and reduces what it returns.
         query_fn: `(params, x, y) -> (loss, metrics)`, scored on the query set before
             adaptation (the "before" columns of the logs).
-        sample_fn: task sampler `key -> TaskBatch` (one task); None when the host samples.
+        sample_fn: task sampler `(key, data) -> TaskBatch` (one task, `SampleFn`); None
+            when the host samples.
         meta_batch_size: real tasks per meta-step (padding excluded).
         seed: the run's seed; tasks come from its training stream.
         batching: how a device runs its tasks: "vmap" (one batched program), "loop"
@@ -126,6 +143,7 @@ def task_terms(
     indices: jax.Array,
     tasks: TaskBatch | None = None,
     measure: bool | jax.Array = True,
+    data=None,
 ):
     """Per-task outer gradients and metrics of the tasks `indices` (global) of meta-step `step`.
 
@@ -139,6 +157,7 @@ def task_terms(
         measure: whether to score the query set before adaptation too (one more forward
             pass per task); if False, those values are NaN. The trainer measures only the
             last step of each chunk, the one it reports.
+        data: what `spec.sample_fn` draws tasks from (None for families without data).
 
     Returns:
         `(grads, metrics)` stacked over the tasks (leading axis), unweighted: grads shaped
@@ -152,7 +171,13 @@ def task_terms(
     def one(index_and_task):
         index, task = index_and_task
         if task is None:
-            task = spec.sample_fn(task_key(root, step, index))
+            task = spec.sample_fn(task_key(root, step, index), data)
+            if data is not None:
+                # Episodes drawn from tables: without the barrier, training on 1 and 4
+                # devices differed in the last bits (tests/test_omniglot_train.py), as
+                # XLA fused the drawing into the adaptation differently for different
+                # tasks per device; "loop" + "ordered" promise bit-identity.
+                task = jax.lax.optimization_barrier(task)
         grads, (after, scores_after) = spec.algorithm.task_grad(meta_params, task, step)
 
         def before():
@@ -208,24 +233,24 @@ def ordered_sum(rows: jax.Array) -> jax.Array:
 
 
 def make_meta_grad_fn(spec: MetaBatch, mesh: jax.sharding.Mesh) -> Callable:
-    """Returns `(meta_params, step[, tasks][, measure]) -> (grads, metrics)`, over `mesh`.
+    """Returns `(meta_params, step[, tasks][, measure][, data]) -> (grads, metrics)` over `mesh`.
 
     `tasks` is the host-sampled meta-batch (sharded over the task axis) when
-    `spec.sample_fn` is None; `measure` is as in `task_terms`.
+    `spec.sample_fn` is None; `measure` and `data` (replicated) are as in `task_terms`.
 
     Each device samples and adapts to its own slice of the global meta-batch; gradients and
     losses travel in one flat buffer, so each step makes a single collective (README trap 7).
     """
     layout = TaskLayout(spec.meta_batch_size, mesh.shape[AXIS])
 
-    def body(meta_params, step, measure, tasks=None):
+    def body(meta_params, step, measure, data, tasks=None):
         # Without this, jax.grad w.r.t. replicated params inside shard_map returns the
         # gradient summed over devices (README trap 1), silently mixing other devices' tasks
         # into each device's inner adaptation.
         meta_params = jax.lax.pcast(meta_params, AXIS, to="varying")
         first = jax.lax.axis_index(AXIS) * layout.per_device
         indices = first + jnp.arange(layout.per_device)
-        terms = task_terms(spec, meta_params, step, indices, tasks, measure)
+        terms = task_terms(spec, meta_params, step, indices, tasks, measure, data)
         rows, unravel = weighted_rows(terms, task_weights(indices, spec.meta_batch_size))
         if spec.reduction == "ordered":
             # Place this device's rows at their global positions; the psum then adds only
@@ -241,17 +266,19 @@ def make_meta_grad_fn(spec: MetaBatch, mesh: jax.sharding.Mesh) -> Callable:
         return unravel(total)
 
     host = spec.sample_fn is None  # tasks come from the host, split over the devices
-    in_specs = (P(), P(), P(), P(AXIS)) if host else (P(), P(), P())
+    in_specs = (P(), P(), P(), P(), P(AXIS)) if host else (P(), P(), P(), P())
     sharded = jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=(P(), P()))
 
-    def meta_grad_fn(meta_params, step, tasks=None, measure=True):
+    def meta_grad_fn(meta_params, step, tasks=None, measure=True, data=None):
         extra = (tasks,) if host else ()
-        return sharded(meta_params, step, jnp.asarray(measure), *extra)
+        return sharded(meta_params, step, jnp.asarray(measure), data, *extra)
 
     return meta_grad_fn
 
 
-def reference_meta_grads(spec: MetaBatch, meta_params, step, tasks: TaskBatch | None = None):
+def reference_meta_grads(
+    spec: MetaBatch, meta_params, step, tasks: TaskBatch | None = None, data=None
+):
     """Unsharded reference: the same `task_terms` under one `vmap` over the whole meta-batch.
 
     The sharded path adds the `pcast` guard, the split over devices and the collectives;
@@ -261,7 +288,7 @@ def reference_meta_grads(spec: MetaBatch, meta_params, step, tasks: TaskBatch | 
     size = spec.meta_batch_size if tasks is None else tasks.support_x.shape[0]
     indices = jnp.arange(size)
     vmapped = dataclasses.replace(spec, batching="vmap")
-    terms = task_terms(vmapped, meta_params, step, indices, tasks)
+    terms = task_terms(vmapped, meta_params, step, indices, tasks, data=data)
     rows, unravel = weighted_rows(terms, task_weights(indices, spec.meta_batch_size))
     return unravel(jnp.sum(rows, axis=0))
 
@@ -269,10 +296,10 @@ def reference_meta_grads(spec: MetaBatch, meta_params, step, tasks: TaskBatch | 
 def make_train_step(
     meta_grad_fn: Callable, tx: optax.GradientTransformation, max_nonfinite_in_row: int = 1
 ) -> Callable:
-    """Returns the pure `(state[, tasks]) -> (state, metrics)` meta-update.
+    """Returns the pure `(state[, tasks][, measure][, data]) -> (state, metrics)` meta-update.
 
     `tasks` (the meta-batch, sharded over the task axis) is passed when the host samples
-    them; device-sampled families take none. `measure` is as in `task_terms`.
+    them; device-sampled families take none. `measure` and `data` are as in `task_terms`.
 
     A step whose meta-loss, meta-gradient or update is not finite changes neither the
     meta-parameters nor the optimiser state (`nonfinite.guard`); after
@@ -280,8 +307,8 @@ def make_train_step(
     `skipped_steps` and `nonfinite_in_row` count them.
     """
 
-    def train_step(state: TrainState, tasks: TaskBatch | None = None, measure=True):
-        grads, metrics = meta_grad_fn(state.meta_params, state.step, tasks, measure)
+    def train_step(state: TrainState, tasks: TaskBatch | None = None, measure=True, data=None):
+        grads, metrics = meta_grad_fn(state.meta_params, state.step, tasks, measure, data)
         # Keeps XLA from fusing the update into the gradient computation: fusion (and so
         # FMA contraction) there depends on the device count, and would break the
         # bit-identity that task_batching="loop" + reduction="ordered" promise.
@@ -321,7 +348,11 @@ def make_multi_step_over(train_step: Callable) -> Callable:
 
 
 def make_multi_step(train_step: Callable) -> Callable:
-    """Returns jitted `(state, n) -> (state, metrics stacked over n steps)`.
+    """Returns jitted `(state, n[, data]) -> (state, metrics stacked over n steps)`.
+
+    `data` is what device-sampled tasks are drawn from (`task_terms`), an argument rather
+    than a constant the step closes over: XLA would embed a closed-over table in the
+    program (and constant-fold over it at compile time).
 
     Running n steps in one executable (a `lax.scan`) removes n - 1 dispatches and keeps
     only one executable in flight per chunk (README trap 2). The state is donated. The
@@ -329,8 +360,8 @@ def make_multi_step(train_step: Callable) -> Callable:
     """
 
     @functools.partial(jax.jit, static_argnums=1, donate_argnums=0)
-    def run(state, n: int):
-        return jax.lax.scan(lambda s, m: train_step(s, None, m), state, _last_only(n))
+    def run(state, n: int, data=None):
+        return jax.lax.scan(lambda s, m: train_step(s, None, m, data), state, _last_only(n))
 
     return run
 

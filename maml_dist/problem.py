@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
 import ml_collections
 
 from maml_dist import algorithms, meta_test, tasks
+from maml_dist.data.device_episodes import DeviceEpisodes
 from maml_dist.tasks.base import TaskFamily
 from maml_dist.types import (
     IMAGE_STREAM,
@@ -38,8 +40,12 @@ class Problem:
         query_fn: `(params, x, y, step=0) -> (loss, {metric: value})` from one forward
             pass; no metric besides the loss when the metric is the loss (regression).
         algorithm: the meta-learning algorithm of `config.algorithm`.
-        sample_fn: `key -> TaskBatch`, one training task (config.shots / num_query
-            points), for families sampled on the device; None for host-sampled ones.
+        sample_fn: `(key, data) -> TaskBatch`, one training task (config.shots /
+            num_query points) drawn on the device (`parallel.SampleFn`); None where the
+            host feed draws them (`config.data_placement="host"`).
+        device_episodes: for image episodes drawn on the device, what builds the `data`
+            tables `sample_fn` reads (the trainer puts them on every device once); None
+            for families that need no data (sinusoids) and for host-fed ones.
     """
 
     family: TaskFamily
@@ -48,7 +54,8 @@ class Problem:
     score_fn: algorithms.LossFn
     query_fn: QueryFn
     algorithm: algorithms.Algorithm
-    sample_fn: Callable[[jax.Array], TaskBatch] | None
+    sample_fn: Callable[[jax.Array, Any], TaskBatch] | None
+    device_episodes: DeviceEpisodes | None = None
 
     @property
     def score_is_loss(self) -> bool:
@@ -99,6 +106,18 @@ def mamlpp_settings(config: ml_collections.ConfigDict) -> dict:
     if settings["doa_steps"] < 0:
         settings["doa_steps"] = round(DOA_FRACTION * config.num_steps)
     return settings
+
+
+# Where an image family's training episodes are drawn: "host" (numpy, in a feed thread,
+# copied to the devices every chunk) or "device" (the part's images put on every device
+# once, episodes drawn inside the scanned step). Configs written before the field drew on
+# the host.
+DATA_PLACEMENTS = ("host", "device")
+
+
+def data_placement(config: ml_collections.ConfigDict) -> str:
+    """`config.data_placement`, "host" for configs without one."""
+    return config.get("data_placement", "host")
 
 
 def inner_config(config: ml_collections.ConfigDict) -> algorithms.InnerConfig:
@@ -152,8 +171,16 @@ def make_problem(config: ml_collections.ConfigDict) -> Problem:
     model = family.make_model()
     shots, num_query = config.shots, config.num_query
 
-    def sample_fn(key):
-        return family.sample(key, shots, num_query)
+    device_episodes = None
+    if not family.host_sampled:
+
+        def sample_fn(key, data=None):
+            return family.sample(key, shots, num_query)
+    elif data_placement(config) == "device":
+        device_episodes = family.device_episodes("train", shots, num_query)
+        sample_fn = device_episodes.sample
+    else:
+        sample_fn = None
 
     loss_fn, score_fn, query_fn = family_functions(family, model)
     return Problem(
@@ -170,5 +197,6 @@ def make_problem(config: ml_collections.ConfigDict) -> Problem:
             family_head_split(family, model),
             family_step_net(family, model),
         ),
-        sample_fn=None if family.host_sampled else sample_fn,
+        sample_fn=sample_fn,
+        device_episodes=device_episodes,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import time
@@ -40,6 +41,8 @@ def check_inputs(
         # for the episodes fails here rather than after the workdir is written.
         for part in ("train", "validation"):
             problem.family.episodes(part, config.shots, config.num_query)
+    if problem.device_episodes is not None:
+        checks.check_fits_devices(problem.device_episodes.tables.nbytes, jax.local_devices())
     record = None
     if problem.family.kind == "classification":
         record = problem.family.split_record()
@@ -151,14 +154,23 @@ def _train(config, workdir, problem, split_record, mesh, tx, schedule, ckpt, sta
     train_step = parallel.make_train_step(meta_grad_fn, tx, nonfinite.limit(config))
     layout = parallel.TaskLayout(config.meta_batch_size, mesh.shape[parallel.AXIS])
     feed = None
-    if problem.family.host_sampled:
+    if problem.sample_fn is None:
         # Chunks are capped so a chunk's images stay a few MB; the feed builds them ahead.
         sampler = problem.family.episodes("train", config.shots, config.num_query)
         bounds = chunk_bounds(step, config, config.host_chunk_steps)
-        feed = HostFeed(sampler, config.seed, mesh, layout.per_device, bounds)
+        workers = config.get("host_workers", 1)
+        feed = HostFeed(sampler, config.seed, mesh, layout.per_device, bounds, workers=workers)
         run = parallel.make_multi_step_over(train_step)
     else:
         run = parallel.make_multi_step(train_step)
+        if problem.device_episodes is not None:
+            tables = parallel.put_replicated(problem.device_episodes.tables, mesh)
+            logging.info(
+                "Episodes are drawn on the devices from %d images (%.1f MiB on each device).",
+                tables.images.shape[0],
+                problem.device_episodes.tables.nbytes / 2**20,
+            )
+            run = functools.partial(run, data=tables)
     logging.info(
         "Training %s with %s for %d steps on %d device(s): meta-batch %d (%d per device, "
         "%d padded).",

@@ -18,6 +18,9 @@ the same without meta-batch 128 and 512, which take many minutes there):
     omniglot_trainer_mbN    the same setting through the trainer, host feed included, on
                             generated images unless --data_dir; trainer_vs_step is its
                             tasks/s over the step's when both ran in this call
+    omniglot_trainer_device_mbN
+                            the same with config.data_placement="device": the training
+                            images on the device, episodes drawn in the compiled step
     sinusoid_step_1proc     the sinusoid meta-step (meta-batch 24) on 1 process x 8 CPU
     sinusoid_step_2proc     devices, and on 2 local processes x 4 over loopback
 
@@ -55,10 +58,13 @@ SETTINGS = (
     "sinusoid_paper_cached",
     *(f"omniglot_step_mb{n}" for n in META_BATCHES),
     *(f"omniglot_trainer_mb{n}" for n in META_BATCHES),
+    *(f"omniglot_trainer_device_mb{n}" for n in META_BATCHES),
     "sinusoid_step_1proc",
     "sinusoid_step_2proc",
 )
-CPU_SLOW = {f"omniglot_{kind}_mb{n}" for kind in ("step", "trainer") for n in (128, 512)}
+CPU_SLOW = {
+    f"omniglot_{kind}_mb{n}" for kind in ("step", "trainer", "trainer_device") for n in (128, 512)
+}
 # Overrides of configs/sinusoid.py for --quick: a thousand steps, two evals, two saves.
 SINUSOID_QUICK = {
     "num_steps": 1000,
@@ -190,7 +196,7 @@ def _measure(run: _Run, name: str) -> dict:
         return _sinusoid_paper(run, cached=name.endswith("_cached"))
     if name.startswith("sinusoid_step_"):
         return _processes(run, 2 if name.endswith("2proc") else 1)
-    kind, mb = re.fullmatch(r"omniglot_(step|trainer)_mb(\d+)", name).groups()
+    kind, placement, mb = re.fullmatch(r"omniglot_(step|trainer)(_device)?_mb(\d+)", name).groups()
     params = {"meta_batch": int(mb), "ways": 5, "shots": 1, "queries": 15, "inner_steps": 1}
     if kind == "step":
         params.update(algorithm="maml", batching="auto", conv_impl="auto", **run.size(STEP))
@@ -203,6 +209,7 @@ def _measure(run: _Run, name: str) -> dict:
         if run.args.trainer_log_every:
             params["log_every"] = run.args.trainer_log_every
         params["cache_dir"] = str(run.root / "omniglot_cache")  # decoded images
+        params["data_placement"] = "device" if placement else "host"
     return _in_child(run, name, params)
 
 
@@ -226,7 +233,7 @@ def _complete(run: _Run, name: str, record: dict, wall: float) -> dict:
         "error": None,
     }
     full.update(record)
-    step = run.records.get(name.replace("trainer", "step"))
+    step = run.records.get(re.sub("trainer(_device)?", "step", name))
     if "trainer_mb" in name and step and step.get("tasks_per_sec") and full["tasks_per_sec"]:
         full["trainer_vs_step"] = full["tasks_per_sec"] / step["tasks_per_sec"]
     return full
@@ -421,6 +428,7 @@ def _child(args: argparse.Namespace) -> None:
             params["queries"],
             params["meta_batch"],
             cache_dir=params["cache_dir"],
+            data_placement=params.get("data_placement", "host"),
         )
         steady = r["steady"]
         record = {
@@ -430,11 +438,10 @@ def _child(args: argparse.Namespace) -> None:
             "compile_s": max(r["compiles"], default=None),
             "xla_compile_s_total": sum(r["compiles"]),
             "train_and_evaluate_s": r["wall_s"],
-            "data_sec_per_step": statistics.median(x["data_sec_per_step"] for x in steady),
-            "data_wait_sec_per_step": statistics.median(
-                x["data_wait_sec_per_step"] for x in steady
-            ),
         }
+        if "data_sec_per_step" in steady[0]:  # the host feed's (not with device placement)
+            for key in ("data_sec_per_step", "data_wait_sec_per_step"):
+                record[key] = statistics.median(x[key] for x in steady)
     record.update(bench_record.environment(), **bench_record.peak_memory(), params=params)
     print(json.dumps(record))
 

@@ -206,7 +206,7 @@ def test_anil_with_the_body_head_split_equals_anil_on_the_whole_network(first_or
         )
 
 
-@pytest.mark.parametrize("conv_impl", ["xla", "im2col"])
+@pytest.mark.parametrize("conv_impl", ["xla", "im2col", "slices"])
 def test_convnet_body_then_head_is_the_whole_network(conv_impl):
     model = models.ConvNet(num_classes=5, filters=8, blocks=2, conv_impl=conv_impl)
     x = jax.random.uniform(jax.random.key(0), (6, 28, 28, 1))

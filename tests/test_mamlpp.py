@@ -138,7 +138,7 @@ def _conv(bn_mode, steps=2):
     return model, loss_fn, query_fn, step_net, params
 
 
-def _image_task(key, ways=3, shots=2, queries=3):
+def _image_task(key, data=None, ways=3, shots=2, queries=3):
     k1, k2 = jax.random.split(key)
     return TaskBatch(
         support_x=jax.random.uniform(k1, (ways * shots, 8, 8, 1)),

@@ -192,8 +192,11 @@ def test_the_papers_net_keeps_omniglots_names_and_splits_for_anil():
     assert params["head"]["kernel"].shape == (5 * 5 * 8, 5)  # 84 -> 42 -> 21 -> 10 -> 5
     assert other["head"]["kernel"].shape == (6 * 6 * 8, 5)  # stride 2: 84 -> 42 -> 21 -> 11 -> 6
     logits = net.apply({"params": params}, x)
-    im2col = dataclasses.replace(net, conv_impl="im2col")
-    np.testing.assert_allclose(im2col.apply({"params": params}, x), logits, rtol=1e-4, atol=1e-5)
+    for impl in ("im2col", "slices"):
+        patched = dataclasses.replace(net, conv_impl=impl)
+        np.testing.assert_allclose(
+            patched.apply({"params": params}, x), logits, rtol=1e-4, atol=1e-5
+        )
     body = {k: v for k, v in params.items() if k != models.HEAD}
     features = net.apply({"params": body}, x, part="body")
     head = net.apply({"params": {"head": params["head"]}}, features, part="head")

@@ -29,7 +29,7 @@ def _fake_grads(values):
     """A meta_grad_fn whose gradient at step s is `values[s]` (broadcast), loss 1."""
     table = jnp.asarray(values, jnp.float32)
 
-    def meta_grad_fn(meta_params, step, tasks=None, measure=True):
+    def meta_grad_fn(meta_params, step, tasks=None, measure=True, data=None):
         grads = jax.tree.map(lambda p: jnp.full_like(p, table[step]), meta_params)
         return grads, {"meta_loss": jnp.float32(1.0)}
 
@@ -97,7 +97,7 @@ def test_large_finite_gradients_are_not_taken_for_non_finite():
 def test_a_non_finite_loss_alone_is_skipped():
     tx = optax.adam(0.1)
 
-    def meta_grad_fn(meta_params, step, tasks=None, measure=True):
+    def meta_grad_fn(meta_params, step, tasks=None, measure=True, data=None):
         grads = jax.tree.map(jnp.ones_like, meta_params)
         return grads, {"meta_loss": jnp.where(step == 0, jnp.inf, 1.0)}
 
@@ -123,7 +123,7 @@ def _faulty(monkeypatch, first, last):
     def make(spec, mesh):
         fn = real(spec, mesh)
 
-        def meta_grad_fn(meta_params, step, tasks=None, measure=True):
+        def meta_grad_fn(meta_params, step, tasks=None, measure=True, data=None):
             grads, metrics = fn(meta_params, step, tasks, measure)
             bad = (step + 1 >= first) & (step + 1 <= last)
             return jax.tree.map(lambda g: jnp.where(bad, jnp.nan, g), grads), metrics

@@ -279,11 +279,12 @@ def test_real_minimal_splits(tmp_path):
     assert not {data.classes[i][0] for i in split.train} & {"Greek", "Korean"}
 
 
-def test_im2col_conv_equals_xla_conv_in_value_and_second_order_gradient():
+@pytest.mark.parametrize("impl", ["im2col", "slices"])
+def test_patch_convs_equal_xla_conv_in_value_and_second_order_gradient(impl):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.random((6, 28, 28, 1)), jnp.float32)
     y = jnp.asarray(rng.integers(0, 5, 6))
-    xla, im2col = models.ConvNet(5, filters=8), models.ConvNet(5, filters=8, conv_impl="im2col")
+    xla, im2col = models.ConvNet(5, filters=8), models.ConvNet(5, filters=8, conv_impl=impl)
     params = xla.init(jax.random.key(0), x)["params"]
     assert jax.tree.structure(params) == jax.tree.structure(
         im2col.init(jax.random.key(0), x)["params"]
@@ -306,3 +307,21 @@ def test_im2col_conv_equals_xla_conv_in_value_and_second_order_gradient():
     chex.assert_trees_all_close(
         jax.grad(maml_loss(xla))(params), jax.grad(maml_loss(im2col))(params), rtol=1e-4, atol=1e-5
     )
+
+
+@pytest.mark.parametrize(
+    ("shape", "strides"),
+    [
+        ((2, 28, 28, 1), 2),
+        ((2, 14, 14, 5), 2),
+        ((2, 7, 7, 3), 2),
+        ((2, 84, 84, 3), 1),
+        ((1, 5, 5, 2), 1),
+    ],
+)
+def test_slice_patches_are_the_grouped_convolutions_patches_exactly(shape, strides):
+    x = jax.random.normal(jax.random.key(0), shape)
+    expected = jax.lax.conv_general_dilated_patches(
+        x, (3, 3), (strides, strides), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    np.testing.assert_array_equal(models.slice_patches(x, strides), expected)

@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import pickle
 
 import chex
 import jax
@@ -12,6 +13,7 @@ from helpers import make_omniglot_set, make_one_shot_runs, run_module, zip_folde
 from configs import omniglot as omniglot_configs
 from maml_dist import checks, metrics, parallel, plotting, trainer
 from maml_dist.data import omniglot_runs
+from maml_dist.data.episodes import EpisodeSampler
 from maml_dist.data.omniglot import decode_image
 from maml_dist.errors import UserInputError
 from maml_dist.feed import HostFeed
@@ -109,8 +111,9 @@ def test_train_then_evaluate_classification_from_the_command_line(data, tmp_path
         assert (workdir / "eval" / name).stat().st_size > 0
 
 
-def test_host_fed_training_is_the_same_on_1_and_4_devices_and_resumes(data, tmp_path):
-    deterministic = {"task_batching": "loop", "reduction": "ordered"}
+@pytest.mark.parametrize("placement", ["host", "device"])
+def test_training_is_the_same_on_1_and_4_devices_and_resumes(data, tmp_path, placement):
+    deterministic = {"task_batching": "loop", "reduction": "ordered", "data_placement": placement}
     config = _config(data, tmp_path, **deterministic)
     one = trainer.train_and_evaluate(config, str(tmp_path / "one"), jax.devices()[:1])
     four = trainer.train_and_evaluate(config, str(tmp_path / "four"), jax.devices()[:4])
@@ -127,11 +130,14 @@ def test_host_fed_training_is_the_same_on_1_and_4_devices_and_resumes(data, tmp_
     chex.assert_trees_all_equal(jax.device_get(final.meta_params), jax.device_get(four.meta_params))
 
 
-def test_host_feed_places_each_devices_slice_of_the_global_batch(data, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_host_feed_places_each_devices_slice_of_the_global_batch(data, tmp_path, workers):
     problem = make_problem(_config(data, tmp_path))
     sampler = problem.family.episodes("train", 1, 1)
     mesh = parallel.make_mesh(jax.devices()[:4])
-    feed = HostFeed(sampler, seed=5, mesh=mesh, per_device=2, chunks=[(0, 2), (2, 3)])
+    feed = HostFeed(
+        sampler, seed=5, mesh=mesh, per_device=2, chunks=[(0, 2), (2, 3)], workers=workers
+    )
     try:
         for start, end in [(0, 2), (2, 3)]:
             got_start, got_end, batches = feed.take()
@@ -150,16 +156,43 @@ def test_host_feed_places_each_devices_slice_of_the_global_batch(data, tmp_path)
         feed.close()
 
 
-def test_host_feed_raises_the_samplers_error_in_the_trainer():
-    class Broken:
-        def batch(self, *args):
-            raise ValueError("image 7 is unreadable")
+class _Broken:
+    """A sampler that fails (at module level: worker processes unpickle it)."""
 
+    def batch(self, *args):
+        raise ValueError("image 7 is unreadable")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_host_feed_raises_the_samplers_error_in_the_trainer(workers):
     mesh = parallel.make_mesh(jax.devices()[:2])
-    feed = HostFeed(Broken(), seed=0, mesh=mesh, per_device=1, chunks=[(0, 1)])
+    feed = HostFeed(_Broken(), seed=0, mesh=mesh, per_device=1, chunks=[(0, 1)], workers=workers)
     with pytest.raises(ValueError, match="image 7 is unreadable"):
         feed.take()
     feed.close()
+
+
+def test_a_sampler_sends_a_memory_mapped_set_to_workers_by_its_file(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (60, 16, 16, 3), dtype=np.uint8)
+    np.save(tmp_path / "images.npy", images)
+
+    class Set:
+        pass
+
+    mapped = Set()
+    mapped.images = np.load(tmp_path / "images.npy", mmap_mode="r")
+    mapped.labels = np.repeat(np.arange(6), 10)
+    sampler = EpisodeSampler(mapped, np.arange(6), 3, 1, 2, rotations=False)
+    sent = pickle.dumps(sampler)
+    assert len(sent) < images.nbytes / 10  # the file's name, not its 46 KB of pixels
+    received = pickle.loads(sent)
+    assert isinstance(received.images, np.memmap)
+    chex.assert_trees_all_equal(
+        received.batch(0, TRAIN_STREAM, 3, range(4)), sampler.batch(0, TRAIN_STREAM, 3, range(4))
+    )
+    # An in-memory set travels whole.
+    mapped.images = np.asarray(images)
+    assert len(pickle.dumps(EpisodeSampler(mapped, np.arange(6), 3, 1, 2, False))) > images.nbytes
 
 
 def test_one_shot_runs_reader_takes_folders_and_zips(tmp_path):

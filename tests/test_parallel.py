@@ -160,7 +160,7 @@ def _host_tasks(spec, n):
     """n sinusoid tasks sampled up front, as a host loader would hand them over."""
     root = stream_key(spec.seed, TRAIN_STREAM)
     keys = [task_key(root, STEP, i) for i in range(n)]
-    return jax.device_get(jax.vmap(spec.sample_fn)(jnp.stack(keys)))
+    return jax.device_get(jax.vmap(lambda k: spec.sample_fn(k, None))(jnp.stack(keys)))
 
 
 @pytest.mark.parametrize("num_devices", [1, 2, 4, 8])
@@ -203,7 +203,7 @@ def test_multi_step_over_host_batches_equals_device_sampling():
     host_spec = dataclasses.replace(spec, sample_fn=None)
     root = stream_key(spec.seed, TRAIN_STREAM)
     batches = jax.vmap(
-        lambda s: jax.vmap(lambda i: spec.sample_fn(task_key(root, s, i)))(jnp.arange(8))
+        lambda s: jax.vmap(lambda i: spec.sample_fn(task_key(root, s, i), None))(jnp.arange(8))
     )(jnp.arange(3))
     batches = jax.device_put(
         jax.device_get(batches), jax.sharding.NamedSharding(mesh, P(None, "tasks"))

@@ -8,7 +8,7 @@ of devices or processes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -27,6 +27,15 @@ class LabelledImages(Protocol):
 
     images: np.ndarray
     labels: np.ndarray
+
+
+class _MappedFile(NamedTuple):
+    """Where a memory-mapped array lives, to map it again in another process."""
+
+    filename: str
+    dtype: str
+    offset: int
+    shape: tuple
 
 
 class EpisodeSampler:
@@ -86,6 +95,28 @@ class EpisodeSampler:
                 f"{fewest}; lower them (training: --config.shots / --config.num_query; "
                 f"maml_dist.evaluate: --shots / --num_query)"
             )
+
+    def __getstate__(self) -> dict:
+        """What a feed worker process receives: a memory-mapped set by its file, not its bytes.
+
+        A contiguous memory-mapped image set (the decoded-image cache) would otherwise be
+        read whole and copied into every worker.
+        """
+        state = self.__dict__.copy()
+        images = state["images"]
+        if isinstance(images, np.memmap) and images.filename and images.flags.c_contiguous:
+            state["images"] = _MappedFile(
+                images.filename, images.dtype.str, images.offset, images.shape
+            )
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        images = state["images"]
+        if isinstance(images, _MappedFile):
+            state["images"] = np.memmap(
+                images.filename, np.dtype(images.dtype), "r", images.offset, images.shape
+            )
+        self.__dict__.update(state)
 
     def episode(self, seed: int, stream: int, step: int, index: int) -> TaskBatch:
         """One episode: support (ways*shots, H, W, C) uint8 and int32 labels, query likewise.

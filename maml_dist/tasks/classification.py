@@ -13,6 +13,7 @@ import optax
 
 from maml_dist import models, recorded_split
 from maml_dist.data import splits
+from maml_dist.data.device_episodes import DeviceEpisodes
 from maml_dist.data.episodes import EpisodeSampler
 from maml_dist.errors import UserInputError
 
@@ -162,6 +163,20 @@ class ImageClassification:
             queries,
             self.rotations,
             self.class_names(),
+        )
+
+    def device_episodes(self, part: str, shots: int, queries: int) -> DeviceEpisodes:
+        """Episodes of one part of the split drawn on the device (`data_placement="device"`).
+
+        Reads nothing until its `tables` are asked for; they then check what `episodes`
+        checks.
+        """
+        return DeviceEpisodes(
+            self.ways,
+            shots,
+            queries,
+            4 if self.rotations else 1,
+            lambda: self.episodes(part, shots, queries),
         )
 
     def make_model(self) -> models.ConvNet:
