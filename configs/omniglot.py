@@ -131,6 +131,9 @@ def get_config(variant: str | None = "5w1s") -> ml_collections.ConfigDict:
     # "auto": "per_step_running" for mamlpp, "transductive" (MAML's) otherwise; or "none".
     # README, "Batch norm", says what each means for the evaluation protocol.
     c.model.bn_mode = "auto"
+    # "float32", or "bfloat16": convs, matrix products and activations in bfloat16, the
+    # parameters, batch-norm statistics, loss and updates float32 (README, "Compute dtype").
+    c.model.compute_dtype = "float32"
     c.bn_momentum = 0.1  # per-step running statistics: moving-average rate per meta-step
 
     c.omniglot = ml_collections.ConfigDict()

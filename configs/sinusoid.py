@@ -88,6 +88,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     # 0 = flax LeCun-normal init. The original code's 0.01 truncated normal reaches a similar
     # 1-step loss but an initialisation that diverges after 3+ inner steps (README, Results).
     c.model.init_stddev = 0.0
+    # "float32", or "bfloat16": matrix products and activations in bfloat16, the parameters,
+    # output, loss and updates float32 (README, "Compute dtype").
+    c.model.compute_dtype = "float32"
 
     c.sinusoid = ml_collections.ConfigDict()
     c.sinusoid.amp_range = (0.1, 5.0)

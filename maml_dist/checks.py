@@ -9,7 +9,7 @@ import tempfile
 
 import ml_collections
 
-from maml_dist import algorithms, nonfinite
+from maml_dist import algorithms, models, nonfinite
 from maml_dist.errors import UserInputError
 from maml_dist.parallel import AUTO, BATCHINGS, REDUCTIONS
 from maml_dist.problem import DATA_PLACEMENTS, MAMLPP_DEFAULTS
@@ -122,6 +122,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                 f"config.{name} must be one of {', '.join(map(repr, allowed))}, got "
                 f"{config[name]!r}; pass e.g. --config.{name}={allowed[0]}"
             )
+    dtype = _get(config, "model.compute_dtype")
+    if dtype is not None and dtype not in models.COMPUTE_DTYPES:
+        raise UserInputError(
+            f"config.model.compute_dtype must be 'float32' or 'bfloat16', got {dtype!r}; pass "
+            f"--config.model.compute_dtype=float32 (the default) or "
+            f"--config.model.compute_dtype=bfloat16 (float32 parameters and loss)"
+        )
     mode = config.get("nonfinite", nonfinite.DEFAULT_MODE)
     if mode not in nonfinite.MODES:
         raise UserInputError(
@@ -264,7 +271,8 @@ RESUMABLE_CHANGES = frozenset(
 
 
 # Fields added after maml_dist 0.2.0, with the values that reproduce what older runs did;
-# conv-net configs (their model has `filters`) also got the batch-norm fields.
+# every network's config got the compute dtype, conv-net configs (their model has
+# `filters`) also the batch-norm fields.
 LATER_FIELDS = {
     "meta_lr_schedule": "auto",
     "meta_lr_min": 1e-5,
@@ -273,6 +281,7 @@ LATER_FIELDS = {
     "nonfinite_max_skips": nonfinite.DEFAULT_MAX_SKIPS,
 }
 LATER_CONV_FIELDS = {"bn_momentum": 0.1, "data_placement": "host"}
+LATER_MODEL_FIELDS = {"compute_dtype": "float32"}
 LATER_CONV_MODEL_FIELDS = {"bn_mode": "auto"}
 # Omniglot runs before the alphabet split had validation alphabets (0.3).
 LATER_OMNIGLOT_FIELDS = {"validation_alphabets": [], "num_validation_alphabets": 0}
@@ -282,8 +291,10 @@ def _with_later_fields(saved: dict) -> dict:
     """A saved config with the fields it predates filled in, so older runs resume."""
     out = {**LATER_FIELDS, **saved}
     model = saved.get("model")
+    if isinstance(model, dict):
+        out["model"] = {**LATER_MODEL_FIELDS, **model}
     if isinstance(model, dict) and "filters" in model:
-        out = {**LATER_CONV_FIELDS, **out, "model": {**LATER_CONV_MODEL_FIELDS, **model}}
+        out = {**LATER_CONV_FIELDS, **out, "model": {**LATER_CONV_MODEL_FIELDS, **out["model"]}}
     if isinstance(saved.get("omniglot"), dict):
         out["omniglot"] = {**LATER_OMNIGLOT_FIELDS, **saved["omniglot"]}
     return out

@@ -275,6 +275,8 @@ def evaluate(
         # What the protocol depends on: "transductive" batch norm normalises each query set
         # with its own statistics, "per_step_running" each image alone (README, "Batch norm").
         "bn_mode": state_lib.resolve_bn_mode(config) if classification else None,
+        # What the network computed in (runs before the field: float32).
+        "compute_dtype": config.model.get("compute_dtype", "float32"),
         "meta_lr_schedule": state_lib.resolve_schedule(config),
         "results": results,
     }

@@ -25,12 +25,47 @@ BN_MODES = ("transductive", "per_step_running", "none")
 RUNNING_STATS = ("running_mean", "running_var")
 # The flax collection a StepNorm in training mode sows its batch statistics into.
 STEP_STATS = "step_stats"
+# What a network computes in (README, "Compute dtype"): "float32" everything; "bfloat16"
+# the activations, convolutions and matrix products, with the parameters float32 (cast
+# down where used, so gradients and updates are float32), batch-norm statistics computed
+# in float32, and the output cast to float32 before any loss.
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 def check_part(part: str) -> None:
     """Raises ValueError unless `part` is one of PARTS (a programming error, not user input)."""
     if part not in PARTS:
         raise ValueError(f"part must be one of {PARTS}, got {part!r}")
+
+
+def resolve_compute_dtype(name: str):
+    """The dtype flax layers are given for compute dtype `name`: None for "float32".
+
+    None is flax's "from the inputs and parameters": float32 networks run exactly the code
+    they ran before compute dtypes existed (and float64 ones, in tests, stay float64).
+
+    Raises:
+        ValueError: for a name not in COMPUTE_DTYPES (a programming error: configs are
+            checked by `maml_dist.checks.validate_config`).
+    """
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {name!r}")
+    return None if name == "float32" else jnp.dtype(name)
+
+
+def _cast(x: jax.Array, dtype) -> jax.Array:
+    """`x` in `dtype`, or unchanged for None."""
+    return x if dtype is None else x.astype(dtype)
+
+
+def _output(x: jax.Array) -> jax.Array:
+    """A network's output in at least float32: what losses, gradients and updates see."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def _normalise(x, mean, var, scale, offset, epsilon):
+    """Batch norm's affine normalisation, in x's dtype (float32 or wider)."""
+    return (x - mean) * jax.lax.rsqrt(var + epsilon) * scale + offset
 
 
 def resolve_bn_mode(name: str, algorithm: str) -> str:
@@ -65,11 +100,13 @@ class MLP(nn.Module):
             deviation and biases at zero, as in the original MAML code (0.01); if 0,
             flax's LeCun-normal default. With LeCun init the network's first inner step at
             alpha=0.01 overshoots (query loss rises ~5x on a fresh net); the small init does not.
+        compute_dtype: one of COMPUTE_DTYPES; the output is float32 either way.
     """
 
     hidden_sizes: Sequence[int]
     out_features: int
     init_stddev: float = 0.0
+    compute_dtype: str = "float32"
 
     @nn.compact
     def __call__(self, x: jax.Array, part: str = "all") -> jax.Array:
@@ -79,17 +116,19 @@ class MLP(nn.Module):
             x: inputs, or for `part="head"` the body's features.
             part: "all"; "body" (the features the head reads); "head" (the head alone).
         """
-        kwargs = {}
+        dtype = resolve_compute_dtype(self.compute_dtype)
+        kwargs = {"dtype": dtype}
         if self.init_stddev > 0:
             kwargs["kernel_init"] = nn.initializers.truncated_normal(self.init_stddev)
         check_part(part)
+        x = _cast(x, dtype)
         if part != "head":
             for width in self.hidden_sizes:
                 x = nn.relu(nn.Dense(width, **kwargs)(x))
         if part == "body":
-            return x
+            return _output(x)
         # Named so that ANIL can tell the head (adapted) from the body (only meta-learned).
-        return nn.Dense(self.out_features, name=HEAD, **kwargs)(x)
+        return _output(nn.Dense(self.out_features, name=HEAD, **kwargs)(x))
 
 
 class BatchStatNorm(nn.Module):
@@ -99,19 +138,25 @@ class BatchStatNorm(nn.Module):
     own mean and variance over (batch, height, width); only the scale and offset are
     parameters, adapted in the inner loop like the weights. No running averages are kept,
     so the module stays a pure function of its parameters.
+
+    Inputs narrower than float32 (bfloat16) are normalised in float32 and the result cast
+    back: a mean rounded to bfloat16's 8 significant bits is off by up to 2^-9 of itself,
+    which can be a large part of a standard deviation, and x - mean would cancel digits.
     """
 
     epsilon: float = 1e-5
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Normalises (..., H, W, C) over all but the channel axis."""
+        """Normalises (..., H, W, C) over all but the channel axis; returns x's dtype."""
+        dtype = x.dtype
+        x = x.astype(jnp.promote_types(dtype, jnp.float32))  # a no-op for float32
         axes = tuple(range(x.ndim - 1))
         mean = x.mean(axes)
         var = jnp.mean(jnp.square(x - mean), axes)
         scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
         offset = self.param("offset", nn.initializers.zeros, (x.shape[-1],))
-        return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + offset
+        return _normalise(x, mean, var, scale, offset, self.epsilon).astype(dtype)
 
 
 class StepNorm(nn.Module):
@@ -131,6 +176,9 @@ class StepNorm(nn.Module):
     the meta-optimiser replaces their (zero) gradient with an exponential moving average
     (`maml_dist.state.running_average`).
 
+    Like BatchStatNorm, it normalises inputs narrower than float32 in float32 (the sown
+    statistics are float32) and returns the input's dtype.
+
     Attributes:
         slots: number of per-step slots (training inner steps + 1).
         epsilon: added to the variance.
@@ -142,6 +190,8 @@ class StepNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, step, train: bool) -> jax.Array:
         """Normalises (..., H, W, C) over all but the channel axis with step `step`'s slot."""
+        dtype = x.dtype
+        x = x.astype(jnp.promote_types(dtype, jnp.float32))  # a no-op for float32
         shape = (self.slots, x.shape[-1])
         scale = self.param("scale", nn.initializers.ones, shape)
         offset = self.param("offset", nn.initializers.zeros, shape)
@@ -157,7 +207,7 @@ class StepNorm(nn.Module):
         else:
             mean = jax.lax.stop_gradient(running_mean[slot])
             var = jax.lax.stop_gradient(running_var[slot])
-        return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale[slot] + offset[slot]
+        return _normalise(x, mean, var, scale[slot], offset[slot], self.epsilon).astype(dtype)
 
 
 class PatchConv(nn.Module):
@@ -172,10 +222,13 @@ class PatchConv(nn.Module):
     Attributes:
         features: output channels.
         strides: spatial stride.
+        dtype: what the patches and product are computed in (`nn.Conv`'s `dtype`): None
+            for the inputs' and parameters' dtype; the parameters stay float32.
     """
 
     features: int
     strides: int = 1
+    dtype: jnp.dtype | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -184,16 +237,20 @@ class PatchConv(nn.Module):
             "kernel", nn.initializers.lecun_normal(), (3, 3, x.shape[-1], self.features)
         )
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        patches = jax.lax.conv_general_dilated_patches(
+        x, kernel, bias = (_cast(a, self.dtype) for a in (x, kernel, bias))
+        # Patch features are ordered (channel, row, column).
+        matrix = kernel.transpose(2, 0, 1, 3).reshape(-1, self.features)
+        return self.patches(x) @ matrix + bias
+
+    def patches(self, x: jax.Array) -> jax.Array:
+        """(B, H, W, C) -> (B, H/stride, W/stride, 9C) 3x3 "SAME" patches."""
+        return jax.lax.conv_general_dilated_patches(
             x,
             (3, 3),
             (self.strides, self.strides),
             "SAME",
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
         )
-        # Patch features are ordered (channel, row, column).
-        matrix = kernel.transpose(2, 0, 1, 3).reshape(-1, self.features)
-        return patches @ matrix + bias
 
 
 def slice_patches(x: jax.Array, strides: int) -> jax.Array:
@@ -228,18 +285,13 @@ def slice_patches(x: jax.Array, strides: int) -> jax.Array:
 class SliceConv(PatchConv):
     """`PatchConv` with its patches cut by `slice_patches` instead of a grouped convolution.
 
-    Same parameters, names and outputs.
+    Same parameters, names and outputs (the gradients differ in rounding: the slices'
+    transpose adds a pixel's contributions in another order).
     """
 
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """(B, H, W, C) -> (B, H/stride, W/stride, features)."""
-        kernel = self.param(
-            "kernel", nn.initializers.lecun_normal(), (3, 3, x.shape[-1], self.features)
-        )
-        bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        matrix = kernel.transpose(2, 0, 1, 3).reshape(-1, self.features)
-        return slice_patches(x, self.strides) @ matrix + bias
+    def patches(self, x: jax.Array) -> jax.Array:
+        """(B, H, W, C) -> (B, H/stride, W/stride, 9C) 3x3 "SAME" patches."""
+        return slice_patches(x, self.strides)
 
 
 class ConvNet(nn.Module):
@@ -255,12 +307,16 @@ class ConvNet(nn.Module):
         num_classes: width of the linear head (N of N-way).
         filters: channels of every conv (64 for Omniglot, 32 for mini-ImageNet).
         blocks: number of conv blocks (4).
-        conv_impl: "xla" (`nn.Conv`) or "im2col" (`PatchConv`: same parameters and
-            outputs, much faster under loops on XLA:CPU).
+        conv_impl: "xla" (`nn.Conv`), "im2col" (`PatchConv`: same parameters and
+            outputs, much faster under loops on XLA:CPU) or "slices" (`SliceConv`: im2col
+            with its patches cut by slices, faster again on XLA:CPU).
         bn_mode: one of BN_MODES.
         bn_slots: per-step slots of "per_step_running" (training inner steps + 1).
         strides: the convs' stride (2 for Omniglot; 1 with `pool`).
         pool: end every block with a 2x2 stride-2 max-pool (after the ReLU).
+        compute_dtype: one of COMPUTE_DTYPES: what convs, the head and activations run in
+            (batch-norm statistics are float32 either way); parameters and the output
+            are float32.
     """
 
     num_classes: int
@@ -271,6 +327,7 @@ class ConvNet(nn.Module):
     bn_slots: int = 2
     strides: int = 2
     pool: bool = False
+    compute_dtype: str = "float32"
 
     @nn.compact
     def __call__(
@@ -286,14 +343,16 @@ class ConvNet(nn.Module):
                 them (support sets), else with the running ones.
         """
         check_part(part)
+        dtype = resolve_compute_dtype(self.compute_dtype)
         if part != "head":
             if x.dtype == jnp.uint8:
                 x = x.astype(jnp.float32) / 255.0
+            x = _cast(x, dtype)
             for i in range(self.blocks):
                 if self.conv_impl in ("im2col", "slices"):
                     # Named like nn.Conv's so every implementation shares checkpoints.
                     conv = PatchConv if self.conv_impl == "im2col" else SliceConv
-                    x = conv(self.filters, strides=self.strides, name=f"Conv_{i}")(x)
+                    x = conv(self.filters, strides=self.strides, dtype=dtype, name=f"Conv_{i}")(x)
                 else:
                     # Named explicitly: a "body" call must not renumber the layers.
                     x = nn.Conv(
@@ -301,6 +360,7 @@ class ConvNet(nn.Module):
                         (3, 3),
                         strides=self.strides,
                         padding="SAME",
+                        dtype=dtype,
                         name=f"Conv_{i}",
                     )(x)
                 if self.bn_mode == "transductive":
@@ -313,5 +373,5 @@ class ConvNet(nn.Module):
                     x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
             x = x.reshape(x.shape[0], -1)
         if part == "body":
-            return x
-        return nn.Dense(self.num_classes, name=HEAD)(x)
+            return _output(x)
+        return _output(nn.Dense(self.num_classes, dtype=dtype, name=HEAD)(x))

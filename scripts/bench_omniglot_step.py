@@ -10,6 +10,11 @@ one after another in one process, so compare rows of one run.
 
     python scripts/bench_omniglot_step.py [--reps=5] [--steps=5] [--batchings=vmap,loop,unroll]
         [--conv_impls=xla,im2col] [--algorithms=maml,anil] [--inner_steps=1]
+        [--compute_dtypes=float32,bfloat16]
+
+--compute_dtypes times the network in each `config.model.compute_dtype` (parameters,
+meta-gradients and Adam are float32 either way); it measures speed only (README,
+"Compute dtype", has the accuracy runs).
 
 "auto" as a batching or conv_impl is the trainer's own choice for the backend;
 scripts/benchmark.py calls `measure` that way.
@@ -58,6 +63,7 @@ def measure(
     reps: int,
     inner_steps: int = 1,
     flops: bool = True,
+    compute_dtype: str = "float32",
 ) -> dict:
     """Times `steps` meta-steps of one configuration, as one jitted `lax.scan`.
 
@@ -70,16 +76,17 @@ def measure(
         reps: timed calls; the median counts.
         inner_steps: inner SGD steps per task.
         flops: whether to count FLOPs where XLA's count is meaningful (see below).
+        compute_dtype: the network's `compute_dtype` ("float32" or "bfloat16").
 
     Returns:
-        conv_impl and task_batching as run, compile_s (lower + compile of the scanned
+        conv_impl, task_batching and compute_dtype as run, compile_s (lower + compile of the scanned
         steps), tasks_per_sec, steps_per_sec and gflop_per_task (None where not counted).
     """
     conv_impl = models.resolve_conv_impl(conv_impl)
     batching = parallel.resolve_batching(batching)
     n, ways = tasks.support_y.shape[0], int(tasks.support_y.max()) + 1
     tx = optax.adam(1e-3)
-    model = models.ConvNet(num_classes=ways, conv_impl=conv_impl)
+    model = models.ConvNet(num_classes=ways, conv_impl=conv_impl, compute_dtype=compute_dtype)
 
     def loss_fn(p, x, y):
         return _xent(model.apply({"params": p}, x), y)
@@ -133,6 +140,7 @@ def measure(
         "algorithm": name,
         "conv_impl": conv_impl,
         "task_batching": batching,
+        "compute_dtype": compute_dtype,
         "compile_s": compile_s,
         "steps_per_sec": steps_per_sec,
         "tasks_per_sec": n * steps_per_sec,
@@ -150,6 +158,7 @@ def main() -> None:
     parser.add_argument("--algorithms", default="maml", help="comma-separated registry names")
     parser.add_argument("--inner_steps", type=int, default=1)
     parser.add_argument("--queries", type=int, default=15, help="query images per class")
+    parser.add_argument("--compute_dtypes", default="float32", help="float32 and/or bfloat16")
     args = parser.parse_args()
     n = args.meta_batch
     tasks = make_tasks(n, args.queries)
@@ -158,16 +167,31 @@ def main() -> None:
         f"step(s), {len(jax.devices())} {jax.default_backend()} device(s) (the first used),"
     )
     print(f"{args.steps} meta-steps per jitted call (a lax.scan, as in the trainer)")
-    print("| algorithm | conv_impl | task_batching | first compile s | tasks/s | GFLOP/task |")
-    print("|---|---|---|---:|---:|---:|")
-    for name, conv_impl, batching in itertools.product(
-        args.algorithms.split(","), args.conv_impls.split(","), args.batchings.split(",")
+    print(
+        "| algorithm | conv_impl | task_batching | compute_dtype | first compile s | tasks/s "
+        "| GFLOP/task |"
+    )
+    print("|---|---|---|---|---:|---:|---:|")
+    for name, conv_impl, batching, dtype in itertools.product(
+        args.algorithms.split(","),
+        args.conv_impls.split(","),
+        args.batchings.split(","),
+        args.compute_dtypes.split(","),
     ):
-        r = measure(name, conv_impl, batching, tasks, args.steps, args.reps, args.inner_steps)
+        r = measure(
+            name,
+            conv_impl,
+            batching,
+            tasks,
+            args.steps,
+            args.reps,
+            args.inner_steps,
+            compute_dtype=dtype,
+        )
         gflop = "n/a" if r["gflop_per_task"] is None else f"{r['gflop_per_task']:.3f}"
         print(
-            f"| {name} | {r['conv_impl']} | {r['task_batching']} | {r['compile_s']:.1f} | "
-            f"{r['tasks_per_sec']:.1f} | {gflop} |",
+            f"| {name} | {r['conv_impl']} | {r['task_batching']} | {dtype} | "
+            f"{r['compile_s']:.1f} | {r['tasks_per_sec']:.1f} | {gflop} |",
             flush=True,
         )
 

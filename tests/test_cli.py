@@ -78,6 +78,11 @@ def trained(tmp_path_factory):
             "config.mamlpp.doa_steps must be a meta-step count >= 0, or -1",
         ),
         (["--config.meta_lr_schedule=linear"], "config.meta_lr_schedule must be 'auto', 'const"),
+        (
+            ["--config.model.compute_dtype=float16"],
+            "config.model.compute_dtype must be 'float32' or 'bfloat16', got 'float16'; pass "
+            "--config.model.compute_dtype=float32 (the default) or",
+        ),
     ],
 )
 def test_train_rejects_bad_input_and_keeps_checkpoints(trained, args, message):

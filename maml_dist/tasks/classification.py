@@ -77,6 +77,8 @@ class ImageClassification:
             config.model.get("bn_mode", "transductive"), config.algorithm
         )
         self.bn_slots = config.inner_steps + 1
+        # Runs written before compute dtypes existed computed in float32.
+        self.compute_dtype = config.model.get("compute_dtype", "float32")
         if self.conv_impl not in models.CONV_IMPLS:
             raise UserInputError(
                 f"config.model.conv_impl must be one of {', '.join(map(repr, models.CONV_IMPLS))}"
@@ -190,6 +192,7 @@ class ImageClassification:
             bn_slots=self.bn_slots,
             strides=self.strides,
             pool=self.pool,
+            compute_dtype=self.compute_dtype,
         )
 
     def loss(self, logits: jax.Array, labels: jax.Array) -> jax.Array:

@@ -30,6 +30,7 @@ class Sinusoid:
         x_range: tuple[float, float] = (-5.0, 5.0),
         hidden_sizes: tuple[int, ...] = (40, 40),
         init_stddev: float = 0.0,
+        compute_dtype: str = "float32",
     ):
         """The paper's task distribution and regressor by default.
 
@@ -39,22 +40,26 @@ class Sinusoid:
             x_range: input range.
             hidden_sizes: the MLP's hidden widths.
             init_stddev: the MLP's `init_stddev` (0: flax's LeCun init).
+            compute_dtype: the MLP's `compute_dtype` ("float32" or "bfloat16").
         """
         self.amp_range = tuple(amp_range)
         self.phase_range = tuple(phase_range)
         self.x_range = tuple(x_range)
         self.hidden_sizes = tuple(hidden_sizes)
         self.init_stddev = init_stddev
+        self.compute_dtype = compute_dtype
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> Sinusoid:
-        """Reads `config.sinusoid` (ranges) and `config.model` (hidden sizes, init)."""
+        """Reads `config.sinusoid` (ranges) and `config.model` (hidden sizes, init, dtype)."""
         return cls(
             amp_range=config.sinusoid.amp_range,
             phase_range=config.sinusoid.phase_range,
             x_range=config.sinusoid.x_range,
             hidden_sizes=config.model.hidden_sizes,
             init_stddev=config.model.init_stddev,
+            # Runs written before compute dtypes existed computed in float32.
+            compute_dtype=config.model.get("compute_dtype", "float32"),
         )
 
     def sample_function(self, key: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -81,7 +86,10 @@ class Sinusoid:
     def make_model(self) -> models.MLP:
         """The paper's regressor: 1 -> 40 -> 40 -> 1 with ReLU."""
         return models.MLP(
-            hidden_sizes=self.hidden_sizes, out_features=1, init_stddev=self.init_stddev
+            hidden_sizes=self.hidden_sizes,
+            out_features=1,
+            init_stddev=self.init_stddev,
+            compute_dtype=self.compute_dtype,
         )
 
     def loss(self, predictions: jax.Array, targets: jax.Array) -> jax.Array:
