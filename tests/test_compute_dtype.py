@@ -24,6 +24,8 @@ from maml_dist.types import HEAD, TaskBatch
 
 WAYS, SHOTS, QUERIES = 3, 1, 2
 IMPLS = ("xla", "im2col")
+# The convs that compute in the compute dtype (slices came after compute_dtype).
+DTYPE_IMPLS = (*IMPLS, "slices")
 BN_MODES = models.BN_MODES
 
 
@@ -109,7 +111,7 @@ def test_sinusoid_learner_keeps_float32_parameters_and_loss_in_bfloat16():
     )
 
 
-@pytest.mark.parametrize("conv_impl", IMPLS)
+@pytest.mark.parametrize("conv_impl", DTYPE_IMPLS)
 @pytest.mark.parametrize("bn_mode", BN_MODES)
 def test_bfloat16_forward_is_float32_and_close_to_the_float32_forward(conv_impl, bn_mode):
     x = _task().query_x
@@ -122,8 +124,9 @@ def test_bfloat16_forward_is_float32_and_close_to_the_float32_forward(conv_impl,
     # Every conv and matrix product (the head's too) takes bfloat16 operands.
     ops = jax.make_jaxpr(lambda p: model16.apply({"params": p}, x, **kwargs))(params)
     matmuls = [e for e in ops.eqns if e.primitive.name in ("dot_general", "conv_general_dilated")]
-    # Two blocks and the head; with im2col each block's patches are a conv too.
-    assert len(matmuls) == {"xla": 3, "im2col": 5}[conv_impl], ops
+    # Two blocks and the head; with im2col each block's patches are a conv too (slices:
+    # not).
+    assert len(matmuls) == {"xla": 3, "im2col": 5, "slices": 3}[conv_impl], ops
     assert all(v.aval.dtype == jnp.bfloat16 for e in matmuls for v in e.invars), matmuls
     # bfloat16 keeps 8 significant bits: each rounding is off by at most 2^-9 (0.2%)
     # relative. Input, conv operands and output, normalised output and head operands of two
@@ -162,7 +165,7 @@ def test_batch_norm_statistics_are_computed_in_float32():
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("conv_impl", IMPLS)
+@pytest.mark.parametrize("conv_impl", DTYPE_IMPLS)
 def test_bfloat16_second_order_meta_gradient_points_the_float32_way(conv_impl):
     task = _task()
     params = _params(_conv("float32", conv_impl))
