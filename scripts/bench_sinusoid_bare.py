@@ -28,10 +28,16 @@ process's wall time over this process's.
     api       maml_dist's own pure meta-step (`maml_dist.api.make_learner(...).meta_step`)
               under a plain `jax.jit`, called once per step with device sampling: the
               library's step in the hand-written loop
+    host_jax  host-side sampling with jax.random op by op outside jit (a dispatch per
+              operation, about ten per step), then the one jitted step
+    scan_host numpy sampling of `--chunk` meta-batches at once, `--chunk` steps per
+              dispatch in one `lax.scan` over them; the next chunk is sampled while the
+              last one computes
 
 The loop is timed in-process (`time.perf_counter`); the host variant also sums the time
-spent sampling and inside the step call (dispatch; it blocks only when JAX's queue is
-full). The last stdout line is one JSON record; `marks` are `time.time()` stamps from
+spent sampling and inside the step call (`sample_s`, `call_s`; the call returns before
+the step has run only while JAX's dispatch queue has room); so do host_jax and
+scan_host. The last stdout line is one JSON record; `marks` are `time.time()` stamps from
 which a caller that knows the process start splits the process's wall time.
 """
 
@@ -54,7 +60,7 @@ import optax  # noqa: E402
 
 T_IMPORTED = time.time()
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-VARIANTS = ("host", "device", "scan", "api")
+VARIANTS = ("host", "device", "scan", "api", "host_jax", "scan_host")
 
 
 def load_config(path: pathlib.Path = ROOT / "configs" / "sinusoid.py"):
@@ -111,16 +117,19 @@ def make_meta_loss(inner_lr, inner_steps):
 # ------------------------------------------------------------------------- the tasks
 
 
-def sample_host(rng: np.random.Generator, c):
-    """One meta-batch with numpy: (support_x, support_y, query_x, query_y), float32."""
+def sample_host(rng: np.random.Generator, c, lead: tuple[int, ...] = ()):
+    """One meta-batch with numpy: (support_x, support_y, query_x, query_y), float32.
+
+    `lead` stacks meta-batches on leading axes (`(chunk,)`: one per step of a chunk).
+    """
     s = c.sinusoid
     n, k, q = c.meta_batch_size, c.shots, c.num_query
-    amp = rng.uniform(*s.amp_range, size=(n, 1, 1))
-    phase = rng.uniform(*s.phase_range, size=(n, 1, 1))
-    x = rng.uniform(*s.x_range, size=(n, k + q, 1))
+    amp = rng.uniform(*s.amp_range, size=(*lead, n, 1, 1))
+    phase = rng.uniform(*s.phase_range, size=(*lead, n, 1, 1))
+    x = rng.uniform(*s.x_range, size=(*lead, n, k + q, 1))
     y = amp * np.sin(x + phase)
     x, y = x.astype(np.float32), y.astype(np.float32)
-    return x[:, :k], y[:, :k], x[:, k:], y[:, k:]
+    return x[..., :k, :], y[..., :k, :], x[..., k:, :], y[..., k:, :]
 
 
 def sample_device(key, c):
@@ -189,6 +198,59 @@ def train(variant: str, c, steps: int, log_every: int, chunk: int) -> dict:
             params, opt_state, loss, key = step(params, opt_state, key)
             if (i + 1) % log_every == 0:
                 losses.append(float(loss))
+    elif variant == "host_jax":
+
+        @jax.jit
+        def step(params, opt_state, batch):
+            return update(params, opt_state, batch)
+
+        key = jax.random.key(c.seed + 1)
+        key, sub = jax.random.split(key)
+        t_ready = time.time()
+        params, opt_state, loss = step(params, opt_state, sample_device(sub, c))
+        jax.block_until_ready(loss)
+        t_compiled = time.time()
+        perf = time.perf_counter
+        for i in range(1, steps):
+            t0 = perf()
+            key, sub = jax.random.split(key)
+            batch = sample_device(sub, c)  # op by op, outside jit: a dispatch each
+            t1 = perf()
+            params, opt_state, loss = step(params, opt_state, batch)
+            t2 = perf()
+            sample_s += t1 - t0
+            call_s += t2 - t1
+            if (i + 1) % log_every == 0:
+                losses.append(float(loss))
+    elif variant == "scan_host":
+        if steps % chunk:
+            raise ValueError(f"--steps={steps} must be a multiple of --chunk={chunk}")
+
+        def run_chunk(params, opt_state, batches):
+            def body(carry, batch):
+                params, opt_state, loss = update(*carry, batch)
+                return (params, opt_state), loss
+
+            (params, opt_state), chunk_losses = jax.lax.scan(body, (params, opt_state), batches)
+            return params, opt_state, chunk_losses[-1]
+
+        rng = np.random.default_rng(c.seed)
+        batches = sample_host(rng, c, (chunk,))
+        t_ready = time.time()
+        run_chunk = jax.jit(run_chunk).lower(params, opt_state, batches).compile()
+        t_compiled = time.time()
+        perf = time.perf_counter
+        for i in range(steps // chunk):
+            t0 = perf()
+            params, opt_state, loss = run_chunk(params, opt_state, batches)
+            t1 = perf()
+            if i + 1 < steps // chunk:  # the next chunk, while this one computes
+                batches = sample_host(rng, c, (chunk,))
+            t2 = perf()
+            call_s += t1 - t0
+            sample_s += t2 - t1
+            if ((i + 1) * chunk) % log_every == 0:
+                losses.append(float(loss))
     elif variant == "scan":
         if steps % chunk:
             raise ValueError(f"--steps={steps} must be a multiple of --chunk={chunk}")
@@ -216,9 +278,10 @@ def train(variant: str, c, steps: int, log_every: int, chunk: int) -> dict:
         raise ValueError(f"unknown variant {variant!r}; one of {VARIANTS}")
     jax.block_until_ready(params)
     t_end = time.time()
-    timed = steps - (0 if variant == "scan" else 1)  # the first call is the compile's
+    # The first call is the compile's, but for the ahead-of-time compiled scans.
+    timed = steps - (0 if variant.startswith("scan") else 1)
     out = _timings(t_ready, t_compiled, t_end, timed, c.meta_batch_size, losses)
-    if variant == "host":
+    if variant in ("host", "host_jax", "scan_host"):
         out.update(sample_s=sample_s, call_s=call_s)
     return out
 
@@ -298,7 +361,7 @@ def main() -> None:
             "variant": args.variant,
             "num_steps": steps,
             "log_every": log_every,
-            "chunk": args.chunk if args.variant == "scan" else None,
+            "chunk": args.chunk if args.variant.startswith("scan") else None,
             "meta_batch_size": c.meta_batch_size,
             "shots": c.shots,
             "num_query": c.num_query,

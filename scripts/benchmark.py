@@ -31,7 +31,8 @@ loops, and on CPU the same with the bare sinusoid loop and without meta-batch 12
     sinusoid_bare_device    the bare loop's split, named in --settings only: sampling
     sinusoid_bare_scan      inside the jitted step (one dispatch per step); that and 500
     sinusoid_bare_api       steps per dispatch (lax.scan); maml_dist's own meta-step in
-                            the bare loop
+    sinusoid_bare_host_jax  the bare loop; host sampling with eager jax.random; numpy
+    sinusoid_bare_scan_host sampling of 500 meta-batches at once, 500 steps per dispatch
 
 `--repeat=N` runs the settings N times over, interleaved (a b a b ...), so that settings
 compared with each other see the same machine load; each record says its repetition.
@@ -70,6 +71,8 @@ BARE = {
     "sinusoid_bare_device": "device",
     "sinusoid_bare_scan": "scan",
     "sinusoid_bare_api": "api",
+    "sinusoid_bare_host_jax": "host_jax",
+    "sinusoid_bare_scan_host": "scan_host",
 }
 SETTINGS = (
     "sinusoid_bare_loop",  # before the trainer run, whose record then holds the ratio
@@ -82,10 +85,12 @@ SETTINGS = (
     "sinusoid_bare_device",
     "sinusoid_bare_scan",
     "sinusoid_bare_api",
+    "sinusoid_bare_host_jax",
+    "sinusoid_bare_scan_host",
 )
 CPU_SLOW = {f"omniglot_{kind}_mb{n}" for kind in ("step", "trainer") for n in (128, 512)}
 # Run only when named: the bare loop's split into its parts.
-NAMED_ONLY = {"sinusoid_bare_device", "sinusoid_bare_scan", "sinusoid_bare_api"}
+NAMED_ONLY = set(BARE) - {"sinusoid_bare_loop"}
 # In the default on CPU only, where the target against it is set: 70,000 dispatches take
 # a long part of an accelerator check's time budget (scripts/gpu_check.sh).
 CPU_DEFAULT_ONLY = {"sinusoid_bare_loop"}
@@ -434,7 +439,7 @@ def _sinusoid_bare(run: _Run, variant: str) -> dict:
         "checkpoints": 0,
         "loop_steps_per_sec": size["steps"] / steps_s,
         "us_per_step": r["us_per_step"],
-        # The host variant's loop: numpy sampling, and time inside the step call.
+        # The host-sampling variants' loop: sampling, and time inside the step calls.
         "sample_s": r.get("sample_s"),
         "call_s": r.get("call_s"),
         "final_loss": r["final_loss"],
