@@ -3,13 +3,21 @@
     python scripts/benchmark.py --out=bench.jsonl [--settings=a,b,...] [--quick]
         [--data_dir=FOLDER_WITH_MINIMAL_OMNIGLOT] [--workdir_root=DIR --keep]
         [--deadline_s=1200] [--budget_s=SECONDS] [--trainer_steps=N --trainer_log_every=M]
+        [--repeat=N]
 
-Settings (`--list` prints them; the default is every one on an accelerator, and on CPU
-the same without meta-batch 128 and 512, which take many minutes there):
+Settings (`--list` prints them; the default is every one on an accelerator but the bare
+loops, and on CPU the same with the bare sinusoid loop and without meta-batch 128 and
+512, which take many minutes there):
 
+    sinusoid_bare_loop      scripts/bench_sinusoid_bare.py: the paper setting trained by a
+                            hand-written jitted JAX loop (numpy sampling on the host, one
+                            dispatch per step), its whole process timed; the reference
+                            of `paper_vs_bare`
     sinusoid_paper          `python -m maml_dist.train --config=configs/sinusoid.py` in a
                             fresh workdir and an empty compilation cache: the whole
-                            process's wall time and its parts, read from the log
+                            process's wall time and its parts, read from the log;
+                            paper_vs_bare is its wall time over the bare loop's when both
+                            ran in this call (in the same repetition)
     sinusoid_paper_cached   the same in another fresh workdir, the compilation cache
                             filled by the run before (primed here if that did not run)
     omniglot_step_mbN       the bare second-order Omniglot 5-way 1-shot meta-step, 15
@@ -23,7 +31,14 @@ the same without meta-batch 128 and 512, which take many minutes there):
                             images on the device, episodes drawn in the compiled step
     sinusoid_step_1proc     the sinusoid meta-step (meta-batch 24) on 1 process x 8 CPU
     sinusoid_step_2proc     devices, and on 2 local processes x 4 over loopback
+    sinusoid_bare_device    the bare loop's split, named in --settings only: sampling
+    sinusoid_bare_scan      inside the jitted step (one dispatch per step); that and 500
+    sinusoid_bare_api       steps per dispatch (lax.scan); maml_dist's own meta-step in
+    sinusoid_bare_host_jax  the bare loop; host sampling with eager jax.random; numpy
+    sinusoid_bare_scan_host sampling of 500 meta-batches at once, 500 steps per dispatch
 
+`--repeat=N` runs the settings N times over, interleaved (a b a b ...), so that settings
+compared with each other see the same machine load; each record says its repetition.
 Each setting runs in its own process, so its peak memory is its own; every child is
 SIGKILLed at its deadline. Records are appended, one line each as it finishes, so a run
 stopped early keeps what it measured. `--quick` shrinks every step count so all the
@@ -53,7 +68,17 @@ import bench_trainer_log
 ROOT = bench_record.ROOT
 MiB = 2**20
 META_BATCHES = (32, 128, 512)
+# The bare loop's variants (scripts/bench_sinusoid_bare.py --variant).
+BARE = {
+    "sinusoid_bare_loop": "host",
+    "sinusoid_bare_device": "device",
+    "sinusoid_bare_scan": "scan",
+    "sinusoid_bare_api": "api",
+    "sinusoid_bare_host_jax": "host_jax",
+    "sinusoid_bare_scan_host": "scan_host",
+}
 SETTINGS = (
+    "sinusoid_bare_loop",  # before the trainer run, whose record then holds the ratio
     "sinusoid_paper",
     "sinusoid_paper_cached",
     *(f"omniglot_step_mb{n}" for n in META_BATCHES),
@@ -61,10 +86,20 @@ SETTINGS = (
     *(f"omniglot_trainer_device_mb{n}" for n in META_BATCHES),
     "sinusoid_step_1proc",
     "sinusoid_step_2proc",
+    "sinusoid_bare_device",
+    "sinusoid_bare_scan",
+    "sinusoid_bare_api",
+    "sinusoid_bare_host_jax",
+    "sinusoid_bare_scan_host",
 )
 CPU_SLOW = {
     f"omniglot_{kind}_mb{n}" for kind in ("step", "trainer", "trainer_device") for n in (128, 512)
 }
+# Run only when named: the bare loop's split into its parts.
+NAMED_ONLY = set(BARE) - {"sinusoid_bare_loop"}
+# In the default on CPU only, where the target against it is set: 70,000 dispatches take
+# a long part of an accelerator check's time budget (scripts/gpu_check.sh).
+CPU_DEFAULT_ONLY = {"sinusoid_bare_loop"}
 # Overrides of configs/sinusoid.py for --quick: a thousand steps, two evals, two saves.
 SINUSOID_QUICK = {
     "num_steps": 1000,
@@ -72,6 +107,8 @@ SINUSOID_QUICK = {
     "eval_every": 500,
     "checkpoint_every": 500,
 }
+# The bare loop's steps and logging interval: full (the config's), then --quick.
+BARE_SIZE = {"steps": (70_000, 1000), "log_every": (500, 100)}
 # Step counts: full, then --quick.
 STEP = {"steps": (5, 1), "reps": (5, 1)}
 TRAINER = {"steps": (120, 4), "log_every": (30, 2)}
@@ -123,6 +160,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--budget_s", type=float, help="for the whole call; then skips")
     parser.add_argument("--trainer_steps", type=int, help="Omniglot trainer steps")
     parser.add_argument("--trainer_log_every", type=int, help="steps per logged interval")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of the settings, interleaved")
     parser.add_argument("--list", action="store_true", help="print the setting names")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # a setting, run in this process
     parser.add_argument("--params", help=argparse.SUPPRESS)  # its parameters, JSON
@@ -147,7 +185,8 @@ class _Run:
         self.args, self.root = args, root
         self.started = time.time()
         self.run_id = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-        self.records: dict[str, dict] = {}
+        self.records: dict[str, dict] = {}  # the latest of each setting
+        self.repeat = 0  # the repetition running (--repeat)
         self.env: dict | None = None
         self.cache = root / "compile_cache"  # empty at first: the cold run fills it
 
@@ -169,29 +208,43 @@ def _run_all(args: argparse.Namespace, root: pathlib.Path) -> None:
         names = args.settings.split(",")
     else:
         on_cpu = run.env.get("platform") == "cpu"
-        names = [s for s in SETTINGS if not (on_cpu and s in CPU_SLOW)]
+        names = [
+            s
+            for s in SETTINGS
+            if s not in NAMED_ONLY
+            and not (on_cpu and s in CPU_SLOW)
+            and not (not on_cpu and s in CPU_DEFAULT_ONLY)
+        ]
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        left = run.deadline()
-        t0 = time.time()
-        if left < 10:
-            record = {"error": f"skipped: {left:.0f} s of --budget_s left"}
-        else:
-            try:
-                record = _measure(run, name)
-            except Terminated:
-                raise
-            except Exception as e:  # a broken setting must not lose the others' records
-                record = {"error": f"{type(e).__name__}: {e}"}
-        record = _complete(run, name, record, time.time() - t0)
-        run.records[name] = record
-        with open(out, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        _print_row(record)
+    for run.repeat in range(args.repeat):
+        for name in names:
+            _run_one(run, name, out)
+
+
+def _run_one(run: _Run, name: str, out: pathlib.Path) -> None:
+    """Measures one setting and appends its record (an error record if it failed)."""
+    left = run.deadline()
+    t0 = time.time()
+    if left < 10:
+        record = {"error": f"skipped: {left:.0f} s of --budget_s left"}
+    else:
+        try:
+            record = _measure(run, name)
+        except Terminated:
+            raise
+        except Exception as e:  # a broken setting must not lose the others' records
+            record = {"error": f"{type(e).__name__}: {e}"}
+    record = _complete(run, name, record, time.time() - t0)
+    run.records[name] = record
+    with open(out, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    _print_row(record)
 
 
 def _measure(run: _Run, name: str) -> dict:
+    if name in BARE:
+        return _sinusoid_bare(run, BARE[name])
     if name.startswith("sinusoid_paper"):
         return _sinusoid_paper(run, cached=name.endswith("_cached"))
     if name.startswith("sinusoid_step_"):
@@ -220,6 +273,7 @@ def _complete(run: _Run, name: str, record: dict, wall: float) -> dict:
         "run_id": run.run_id,
         "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "quick": run.args.quick,
+        "repeat": run.repeat,
         **{k: run.env.get(k) for k in ("platform", "device_kind", "device_count")},
         "process_count": run.env.get("process_count"),
         "versions": run.env.get("versions"),
@@ -234,8 +288,15 @@ def _complete(run: _Run, name: str, record: dict, wall: float) -> dict:
     }
     full.update(record)
     step = run.records.get(re.sub("trainer(_device)?", "step", name))
-    if "trainer_mb" in name and step and step.get("tasks_per_sec") and full["tasks_per_sec"]:
+    trainer = re.match(r"omniglot_trainer(_device)?_mb", name)
+    if trainer and step and step.get("tasks_per_sec") and full["tasks_per_sec"]:
         full["trainer_vs_step"] = full["tasks_per_sec"] / step["tasks_per_sec"]
+    # The trainer run against the bare loop: on the later of the two in one repetition.
+    pair = {"sinusoid_paper": "sinusoid_bare_loop", "sinusoid_bare_loop": "sinusoid_paper"}
+    other = run.records.get(pair.get(name, ""))
+    if other and other["repeat"] == run.repeat and not (full["error"] or other["error"]):
+        paper, bare = (full, other) if name == "sinusoid_paper" else (other, full)
+        full["paper_vs_bare"] = paper["wall_s"] / bare["wall_s"]
     return full
 
 
@@ -248,6 +309,7 @@ def _print_row(r: dict) -> None:
         f"{r['setting']}: steps/s {fmt(r['steps_per_sec'], '.1f')}, tasks/s "
         f"{fmt(r['tasks_per_sec'], '.1f')}, compile {fmt(r['compile_s'], '.1f')} s, peak "
         f"{fmt(mem, '.0f')} MiB ({r['peak_memory_source']}), wall {r['wall_s']:.1f} s"
+        + (f", paper_vs_bare {r['paper_vs_bare']:.3f}" if "paper_vs_bare" in r else "")
         + (f", ERROR {r['error']}" if r["error"] else ""),
         flush=True,
     )
@@ -343,6 +405,54 @@ def _train_sinusoid(run: _Run, name: str, overrides: dict):
     if done.returncode != 0:
         raise RuntimeError(_failure(done))
     return done, workdir
+
+
+def _sinusoid_bare(run: _Run, variant: str) -> dict:
+    """The paper setting trained by scripts/bench_sinusoid_bare.py, one whole process.
+
+    The process's wall time splits like the trainer's, from the script's time stamps:
+    startup (to the first step call), compile (the first call, one step included, or
+    the scan's ahead-of-time compile), steps (the loop), shutdown (to the exit); no
+    validations nor checkpoints.
+    """
+    size = run.size(BARE_SIZE)
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "bench_sinusoid_bare.py"),
+        f"--variant={variant}",
+        f"--steps={size['steps']}",
+        f"--log_every={size['log_every']}",
+    ]
+    name = next(k for k, v in BARE.items() if v == variant)
+    done = bench_record.run_bounded(cmd, run.deadline(), run.root / name, _env())
+    if done.returncode != 0:
+        raise RuntimeError(_failure(done))
+    r = json.loads(done.stdout.read_text().strip().splitlines()[-1])
+    marks = r["marks"]
+    steps_s = marks["loop_end"] - marks["compiled"]
+    return {
+        "steps_per_sec": r["steps_per_sec"],
+        "tasks_per_sec": r["tasks_per_sec"],
+        "wall_s": done.wall_s,
+        "peak_memory_bytes": done.peak_rss_bytes,
+        "peak_memory_source": "host_peak_rss",
+        "startup_s": marks["ready"] - done.started,
+        "import_s": marks["imported"] - done.started,
+        "compile_s": marks["compiled"] - marks["ready"],
+        "steps_s": steps_s,
+        "eval_s": 0.0,
+        "checkpoint_s": 0.0,
+        "shutdown_s": done.started + done.wall_s - marks["loop_end"],
+        "evals": 0,
+        "checkpoints": 0,
+        "loop_steps_per_sec": size["steps"] / steps_s,
+        "us_per_step": r["us_per_step"],
+        # The host-sampling variants' loop: sampling, and time inside the step calls.
+        "sample_s": r.get("sample_s"),
+        "call_s": r.get("call_s"),
+        "final_loss": r["final_loss"],
+        "params": {"command": " ".join(["python", *cmd[1:]]), **r["params"]},
+    }
 
 
 def _processes(run: _Run, num_processes: int) -> dict:

@@ -5,6 +5,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -80,3 +81,64 @@ def test_trainer_log_parts_add_up_and_a_missing_mark_fails():
     assert sum(parts[k] for k in PARTS) == pytest.approx(11.0)
     with pytest.raises(ValueError, match="compile start"):
         bench_trainer_log.parts(text.replace("compiling the meta-step", "x"), started, 11.0)
+
+
+def test_quick_bare_loop_records_repeat_and_split_the_wall_time(tmp_path):
+    out = tmp_path / "bench.jsonl"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "scripts/benchmark.py",
+            "--quick",
+            "--settings=sinusoid_bare_loop",
+            "--repeat=2",
+            f"--out={out}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["repeat"] for r in records] == [0, 1]
+    for record in records:
+        assert record["error"] is None, record["error"]
+        assert record["setting"] == "sinusoid_bare_loop" and record["quick"] is True
+        assert record["platform"] == "cpu" and record["device_count"] == 1
+        assert all(isinstance(record["versions"][k], str) for k in VERSIONS)
+        for key in ("steps_per_sec", "compile_s", "wall_s", "sample_s", "call_s", *PARTS):
+            assert isinstance(record[key], float) and record[key] >= 0, key
+        assert record["tasks_per_sec"] == pytest.approx(25 * record["steps_per_sec"])
+        assert record["params"]["variant"] == "host"
+        assert record["params"]["num_steps"] == 1000
+        assert (record["params"]["meta_batch_size"], record["params"]["shots"]) == (25, 10)
+        assert record["peak_memory_source"] == "host_peak_rss"
+        assert record["final_loss"] > 0 and "paper_vs_bare" not in record
+        assert sum(record[k] for k in PARTS) == pytest.approx(record["wall_s"], abs=1e-3)
+
+
+def test_paper_vs_bare_pairs_the_records_of_one_repetition():
+    import benchmark
+
+    def run(repeat, records):
+        args = types.SimpleNamespace(quick=False)
+        return types.SimpleNamespace(run_id="x", args=args, env={}, records=records, repeat=repeat)
+
+    bare = {"setting": "sinusoid_bare_loop", "repeat": 0, "wall_s": 40.0, "error": None}
+    paper = benchmark._complete(run(0, {"sinusoid_bare_loop": bare}), "sinusoid_paper", {}, 30.0)
+    assert paper["paper_vs_bare"] == pytest.approx(0.75)
+    # The bare loop finishing second holds the same ratio.
+    later = benchmark._complete(run(0, {"sinusoid_paper": paper}), "sinusoid_bare_loop", {}, 40.0)
+    assert later["paper_vs_bare"] == pytest.approx(0.75)
+    # Another repetition's record, or a failed one, is no pair.
+    assert "paper_vs_bare" not in benchmark._complete(
+        run(1, {"sinusoid_bare_loop": bare}), "sinusoid_paper", {}, 30.0
+    )
+    failed = {**bare, "error": "killed"}
+    assert "paper_vs_bare" not in benchmark._complete(
+        run(0, {"sinusoid_bare_loop": failed}), "sinusoid_paper", {}, 30.0
+    )
