@@ -330,15 +330,32 @@ def _child_matmul() -> dict:
 
 
 def _child_flops() -> dict:
-    """XLA's FLOP count of one task's meta-gradient, with nn.Conv and with im2col convs."""
+    """XLA's FLOP count of one task's meta-gradient, with nn.Conv and with im2col convs.
+
+    The vmapped meta-gradient bench_omniglot_step.measure counts, compiled but not run
+    (nn.Conv's under vmap runs at ~1 task/s on this CPU).
+    """
     sys.path.insert(0, str(SCRIPTS))
     import bench_omniglot_step as step
+    import jax
 
-    tasks = step.make_tasks(STEP_PARAMS["meta_batch"], STEP_PARAMS["queries"])
+    from maml_dist import algorithms, models
+
+    n, queries = STEP_PARAMS["meta_batch"], STEP_PARAMS["queries"]
+    tasks = step.make_tasks(n, queries)
+    inner = algorithms.InnerConfig(lr=0.4, steps=1)
     out = {}
     for conv_impl in ("xla", "im2col"):
-        r = step.measure("maml", conv_impl, "vmap", tasks, steps=1, reps=1, flops=True)
-        out[f"gflop_per_task_{conv_impl}_conv"] = r["gflop_per_task"]
+        model = models.ConvNet(num_classes=STEP_PARAMS["ways"], conv_impl=conv_impl)
+
+        def loss_fn(p, x, y, model=model):
+            return step._xent(model.apply({"params": p}, x), y)
+
+        split = algorithms.make_head_split(model, step._xent, {})
+        algorithm = algorithms.make_algorithm("maml", loss_fn, inner, head_split=split)
+        params = algorithm.init(model.init(jax.random.key(0), tasks.support_x[0])["params"])
+        fn = jax.jit(lambda p, t, a=algorithm: step._vmapped(a, p, t))
+        out[f"gflop_per_task_{conv_impl}_conv"] = step._flops(fn, params, tasks) / n
     return out
 
 
