@@ -113,7 +113,7 @@ def make_learner(
     tx = tx or optax.adam(config.meta_lr)
     loss_fn, score_fn, query_fn = family_functions(family, model)
     step_net = family_step_net(family, model)
-    if step_net.per_step:
+    if step_net.running:
         tx = state_lib.with_running_average(tx, config.bn_momentum)
     algorithm = algorithms.make_algorithm(
         config.algorithm,

@@ -19,8 +19,13 @@ PARTS = ("all", "body", "head")
 # with its own batch statistics (MAML's, and this project's default); "per_step_running"
 # keeps a scale, offset and running statistics per inner step (MAML++), normalising with
 # batch statistics in meta-training and with the running ones at meta-test, so a query is
-# classified the same alone or in a batch; "none" has no normalisation layer.
-BN_MODES = ("transductive", "per_step_running", "none")
+# classified the same alone or in a batch; "per_step_support" keeps a scale and offset per
+# inner step and normalises every set with the support set's batch statistics at the same
+# parameters (MetaBN, Bronskill et al. 2020), so a query's prediction depends on the
+# labelled support set and on itself only; "none" has no normalisation layer.
+BN_MODES = ("transductive", "per_step_running", "per_step_support", "none")
+# The modes whose outputs depend on how many inner steps the parameters have had.
+PER_STEP_BN_MODES = ("per_step_running", "per_step_support")
 # Running statistics are leaves of `params` with these names (see StepNorm).
 RUNNING_STATS = ("running_mean", "running_var")
 # The flax collection a StepNorm in training mode sows its batch statistics into.
@@ -210,6 +215,47 @@ class StepNorm(nn.Module):
         return _normalise(x, mean, var, scale[slot], offset[slot], self.epsilon).astype(dtype)
 
 
+class SupportNorm(nn.Module):
+    """Batch norm with a scale and offset per inner step and the support set's statistics.
+
+    MetaBN (Bronskill et al. 2020, "TaskNorm"): every set is normalised with the batch
+    statistics of the task's support set, computed at the same parameters; the support
+    set itself therefore with its own. A query image's output depends on the support set
+    and on that image only, not on the other queries, and no running averages are kept:
+    the statistics are a differentiable function of the support set, as transductive
+    batch norm's are of each set, so the meta-gradient flows through them.
+
+    The caller passes the support rows first: `context` is their number (the statistics
+    are taken over `x[:context]`), None for a batch that is all support set.
+
+    Like BatchStatNorm, it normalises inputs narrower than float32 in float32 and returns
+    the input's dtype.
+
+    Attributes:
+        slots: number of per-step slots (training inner steps + 1); steps past the last
+            slot use the last one.
+        epsilon: added to the variance.
+    """
+
+    slots: int
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array, step, context: int | None = None) -> jax.Array:
+        """Normalises (..., H, W, C) with the statistics of the first `context` rows."""
+        dtype = x.dtype
+        x = x.astype(jnp.promote_types(dtype, jnp.float32))  # a no-op for float32
+        shape = (self.slots, x.shape[-1])
+        scale = self.param("scale", nn.initializers.ones, shape)
+        offset = self.param("offset", nn.initializers.zeros, shape)
+        slot = jnp.minimum(step, self.slots - 1)
+        support = x if context is None else x[:context]
+        axes = tuple(range(x.ndim - 1))
+        mean = support.mean(axes)
+        var = jnp.mean(jnp.square(support - mean), axes)
+        return _normalise(x, mean, var, scale[slot], offset[slot], self.epsilon).astype(dtype)
+
+
 class PatchConv(nn.Module):
     """A 3x3 "SAME" convolution computed as image patches times a matrix (im2col).
 
@@ -311,7 +357,7 @@ class ConvNet(nn.Module):
             outputs, much faster under loops on XLA:CPU) or "slices" (`SliceConv`: im2col
             with its patches cut by slices, faster again on XLA:CPU).
         bn_mode: one of BN_MODES.
-        bn_slots: per-step slots of "per_step_running" (training inner steps + 1).
+        bn_slots: per-step slots of the per-step modes (training inner steps + 1).
         strides: the convs' stride (2 for Omniglot; 1 with `pool`).
         pool: end every block with a 2x2 stride-2 max-pool (after the ReLU).
         compute_dtype: one of COMPUTE_DTYPES: what convs, the head and activations run in
@@ -331,19 +377,33 @@ class ConvNet(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, part: str = "all", step: jax.Array | int = 0, train: bool = False
+        self,
+        x: jax.Array,
+        part: str = "all",
+        step: jax.Array | int = 0,
+        train: bool = False,
+        context: jax.Array | None = None,
     ) -> jax.Array:
         """(B, H, W, C) images (uint8 0-255, or floats in [0, 1]) -> (B, num_classes).
 
         Args:
             x: images, or for `part="head"` the body's (B, features) output.
             part: "all"; "body" (the flattened features the head reads); "head".
-            step: inner updates the parameters have had (selects "per_step_running" slots).
+            step: inner updates the parameters have had (selects the per-step slots).
             train: "per_step_running" normalises with the batch's statistics and sows
                 them (support sets), else with the running ones.
+            context: "per_step_support": the task's support images, whose statistics
+                normalise `x` (None: `x` is the support set, normalised with its own).
+                The other modes ignore it.
         """
         check_part(part)
         dtype = resolve_compute_dtype(self.compute_dtype)
+        num_context = None
+        if part != "head" and context is not None and self.bn_mode == "per_step_support":
+            # One forward pass over support then queries; each norm layer takes its
+            # statistics from the support rows, and the rows are otherwise independent.
+            num_context = context.shape[0]
+            x = jnp.concatenate([context.astype(x.dtype), x])
         if part != "head":
             if x.dtype == jnp.uint8:
                 x = x.astype(jnp.float32) / 255.0
@@ -367,11 +427,15 @@ class ConvNet(nn.Module):
                     x = BatchStatNorm(name=f"BatchStatNorm_{i}")(x)
                 elif self.bn_mode == "per_step_running":
                     x = StepNorm(self.bn_slots, name=f"StepNorm_{i}")(x, step, train)
+                elif self.bn_mode == "per_step_support":
+                    x = SupportNorm(self.bn_slots, name=f"SupportNorm_{i}")(x, step, num_context)
                 x = nn.relu(x)
                 if self.pool:
                     # "VALID", as the paper's code pools: an odd side loses its last row.
                     x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
             x = x.reshape(x.shape[0], -1)
+            if num_context is not None:
+                x = x[num_context:]
         if part == "body":
             return _output(x)
         return _output(nn.Dense(self.num_classes, dtype=dtype, name=HEAD)(x))

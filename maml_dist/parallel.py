@@ -181,7 +181,9 @@ def task_terms(
         grads, (after, scores_after) = spec.algorithm.task_grad(meta_params, task, step)
 
         def before():
-            return spec.query_fn(params, task.query_x, task.query_y)
+            # Per-step batch norm: slot 0, and the support set "per_step_support" needs.
+            step_args = (0, task.support_x) if spec.algorithm.per_step else ()
+            return spec.query_fn(params, task.query_x, task.query_y, *step_args)
 
         if isinstance(measure, bool) and measure:
             loss_before, scores_before = before()

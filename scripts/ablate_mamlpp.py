@@ -11,7 +11,9 @@ the held-out query metric after 1 inner step, after the training count and after
 last step the evaluator reports, with 95% confidence intervals.
 
 `--variants=mamlpp_transductive` runs MAML++'s other four changes on MAML's transductive
-batch norm, the evaluation protocol of the MAML row.
+batch norm, the evaluation protocol of the MAML row; `bn_support` and `mamlpp_support` are
+`bn` and `mamlpp` with per-step batch norm normalising with the support set's statistics
+(`per_step_support`) instead of running ones.
 """
 
 from __future__ import annotations
@@ -48,6 +50,17 @@ VARIANTS = {
         "meta_lr_schedule": "cosine",
         "model.bn_mode": "per_step_running",
     },
+    # Per-step batch norm normalising with the support set's statistics (MetaBN), alone and
+    # with the other four: queries classified independently, without running statistics.
+    "bn_support": {"algorithm": "mamlpp", **_OFF, "model.bn_mode": "per_step_support"},
+    "mamlpp_support": {
+        "algorithm": "mamlpp",
+        "mamlpp.msl": True,
+        "mamlpp.lslr": True,
+        "mamlpp.doa_steps": -1,
+        "meta_lr_schedule": "cosine",
+        "model.bn_mode": "per_step_support",
+    },
     # The four other changes with MAML's transductive batch norm: the same protocol as MAML.
     "mamlpp_transductive": {
         "algorithm": "mamlpp",
@@ -66,6 +79,8 @@ LABELS = {
     "cosine": "+ cosine meta-LR",
     "doa": "+ derivative-order annealing",
     "mamlpp": "MAML++ (all five)",
+    "bn_support": "+ per-step batch norm, support-set statistics",
+    "mamlpp_support": "MAML++ (all five), support-set statistics",
     "mamlpp_transductive": "MAML++ but transductive batch norm (the other four)",
 }
 

@@ -95,6 +95,24 @@ def test_learned_per_step_rates_get_finite_difference_gradients(msl):
         np.testing.assert_allclose(loss, last, rtol=1e-12)
 
 
+def test_msl_once_annealed_skips_the_other_query_passes_and_equals_the_last_step_alone():
+    with jax.enable_x64(True):
+        loss_fn, params, tasks, _ = _tiny_problem(jnp.float64)
+        inner = algorithms.InnerConfig(lr=0.1, steps=3, msl_anneal_steps=10, doa_steps=0)
+        with_msl = mamlpp.make(loss_fn, inner)
+        without = mamlpp.make(loss_fn, dataclasses.replace(inner, msl=False))
+        meta, task = with_msl.init(params), _task(tasks, 2)
+        msl_grad, plain_grad = jax.jit(with_msl.task_grad), jax.jit(without.task_grad)
+        for step in (10, 11, 500):  # annealed: the last step's loss alone
+            chex.assert_trees_all_close(msl_grad(meta, task, step), plain_grad(meta, task, 0))
+        # Before it, the weighted sum: another gradient, the same reported loss.
+        early, (loss, _) = msl_grad(meta, task, 9)
+        late, (plain_loss, _) = plain_grad(meta, task, 9)
+        np.testing.assert_allclose(loss, plain_loss, rtol=1e-12)
+        gap = ravel_pytree(early)[0] - ravel_pytree(late)[0]
+        assert np.linalg.norm(gap) > 1e-4 * np.linalg.norm(ravel_pytree(late)[0])
+
+
 def test_doa_is_first_order_before_its_step_and_second_order_from_it():
     with jax.enable_x64(True):
         loss_fn, params, tasks, _ = _tiny_problem(jnp.float64)
@@ -224,6 +242,75 @@ def test_running_statistics_average_in_training_and_classify_each_image_alone():
     assert not np.allclose(t_batch, t_alone, atol=1e-3)
 
 
+def test_support_batch_norm_normalises_each_query_with_its_support_sets_statistics():
+    model, loss_fn, query_fn, step_net, params = _conv("per_step_support")
+    assert step_net.per_step and not step_net.running
+    assert set(params["SupportNorm_0"]) == {"scale", "offset"}  # no running statistics
+    task = _image_task(jax.random.key(4))
+    apply = algorithms.make_apply(model)
+    sx, qx = task.support_x, task.query_x
+    # A query image is classified alone as in its batch: it sees the support set only.
+    batch = apply(params, qx, 1, sx)
+    alone = jnp.concatenate([apply(params, qx[i : i + 1], 1, sx) for i in range(9)])
+    np.testing.assert_allclose(batch, alone, rtol=1e-5, atol=1e-6)
+    # The statistics are the support set's: support images given as queries come out as
+    # the support pass (the set normalised with its own statistics) computes them ...
+    np.testing.assert_allclose(apply(params, sx, 1, sx), apply(params, sx, 1), rtol=1e-5)
+    # ... so another support set changes every query's output, and the slot matters.
+    other = apply(params, qx, 1, jnp.flip(sx, axis=1))
+    assert not np.allclose(batch, other, atol=1e-3)
+    shifted = jax.tree.map(lambda a: a, params)
+    shifted["SupportNorm_0"] = {**params["SupportNorm_0"]}
+    shifted["SupportNorm_0"]["offset"] = params["SupportNorm_0"]["offset"].at[2].add(1.0)
+    np.testing.assert_array_equal(apply(shifted, qx, 1, sx), batch)
+    assert not np.allclose(apply(shifted, qx, 2, sx), apply(params, qx, 2, sx), atol=1e-3)
+
+    # MAML++ meta-trains and meta-tests on these statistics; evaluation passes the task's
+    # support set with every query score.
+    algorithm = mamlpp.make(loss_fn, algorithms.InnerConfig(lr=0.1, steps=2), query_fn, step_net)
+    meta = algorithm.init(params)
+    _, (loss, _) = algorithm.task_grad(meta, task, 0)
+    adapted = algorithm.adapt(meta, sx, task.support_y, 2)
+    np.testing.assert_allclose(loss, loss_fn(adapted, qx, task.query_y, 2, sx), rtol=1e-5)
+    curve = algorithms.adaptation_curve(algorithm, meta, task, 3, (loss_fn,))
+    for k in range(4):
+        adapted_k = algorithm.adapt(meta, sx, task.support_y, k)
+        want = loss_fn(adapted_k, qx, task.query_y, k, sx)
+        np.testing.assert_allclose(curve[k, 0], want, rtol=1e-5)
+    with pytest.raises(UserInputError, match="cannot carry per-step batch-norm state"):
+        algorithms.make_algorithm(
+            "metasgd", loss_fn, algorithms.InnerConfig(), query_fn, None, step_net
+        )
+
+
+def test_support_batch_norm_meta_gradient_matches_finite_differences():
+    with jax.enable_x64(True):
+        _, loss_fn, query_fn, step_net, params = _conv("per_step_support")
+        params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+        task = jax.tree.map(
+            lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a,
+            _image_task(jax.random.key(5)),
+        )
+        inner = algorithms.InnerConfig(lr=0.1, steps=2, msl=False, lslr=True, doa_steps=0)
+        algorithm = mamlpp.make(loss_fn, inner, query_fn, step_net)
+        meta = algorithm.init(params)
+
+        # The objective written out: support passes normalised with their own statistics,
+        # the query with the support set's at the adapted parameters, both differentiated.
+        @jax.jit
+        def objective(m):
+            p = m["params"]
+            for j in range(2):
+                g = jax.grad(loss_fn)(p, task.support_x, task.support_y, j)
+                p = jax.tree.map(lambda a, r, b, j=j: a - r[j] * b, p, m["inner_lr"], g)
+            return loss_fn(p, task.query_x, task.query_y, 2, task.support_x)
+
+        grads, (loss, _) = jax.jit(algorithm.task_grad)(meta, task, 0)
+        np.testing.assert_allclose(loss, objective(meta), rtol=1e-12)
+        expected = _central_differences(objective, meta, 1e-6)
+        np.testing.assert_allclose(ravel_pytree(grads)[0], expected, rtol=1e-5, atol=1e-8)
+
+
 def test_no_batch_norm_has_no_norm_parameters():
     *_, params = _conv("none")
     assert not any("Norm" in name for name in params)
@@ -243,9 +330,12 @@ def test_maml_with_per_step_batch_norm_is_mamlpp_with_its_switches_off():
         algorithms.make_algorithm("anil", loss_fn, inner, query_fn, None, step_net)
 
 
-@pytest.mark.parametrize("num_devices", [1, 2, 4, 8])
-def test_sharded_equals_reference_with_every_switch_and_per_step_batch_norm(num_devices):
-    _, loss_fn, query_fn, step_net, params = _conv("per_step_running", steps=3)
+@pytest.mark.parametrize(
+    ("bn_mode", "num_devices"),
+    [("per_step_running", n) for n in (1, 2, 4, 8)] + [("per_step_support", n) for n in (2, 8)],
+)
+def test_sharded_equals_reference_with_every_switch_and_per_step_batch_norm(bn_mode, num_devices):
+    _, loss_fn, query_fn, step_net, params = _conv(bn_mode, steps=3)
     inner = algorithms.InnerConfig(lr=0.1, steps=3, msl_anneal_steps=20, doa_steps=5)
     algorithm = mamlpp.make(loss_fn, inner, query_fn, step_net)
     spec = parallel.MetaBatch(
@@ -259,7 +349,7 @@ def test_sharded_equals_reference_with_every_switch_and_per_step_batch_norm(num_
     mesh = parallel.make_mesh(jax.devices()[:num_devices])
     sharded = jax.jit(parallel.make_meta_grad_fn(spec, mesh))
     rep = parallel.replicated(mesh)
-    for step in (4, 7):  # first order, then second order
+    for step in (4, 7, 25):  # first order, second order, then past the MSL annealing
         reference = jax.jit(parallel.reference_meta_grads, static_argnums=0)(spec, meta, step)
         got = sharded(jax.device_put(meta, rep), jax.device_put(jnp.int32(step), rep))
         chex.assert_trees_all_close(got, reference, rtol=1e-5, atol=1e-6)

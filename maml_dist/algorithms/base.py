@@ -17,7 +17,8 @@ know which algorithm it holds.
   use at meta-test time.
 - `per_step`: whether the network's outputs depend on how many inner steps its parameters
   have had (MAML++'s per-step batch norm); evaluation then calls each metric as
-  `metric(params, x, y, step)`.
+  `metric(params, x, y, step, context)`, `context` the task's support images (which
+  "per_step_support" batch norm normalises with).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from maml_dist.models import STEP_STATS
+from maml_dist.models import PER_STEP_BN_MODES, STEP_STATS
 from maml_dist.types import HEAD, HeadSplit, LossFn, MetaParams, Params, QueryFn, TaskBatch
 
 TaskGrad = tuple[MetaParams, tuple[jax.Array, dict[str, jax.Array]]]
@@ -62,18 +63,23 @@ class StepNet(NamedTuple):
     Attributes:
         support_fn: `(params, x, y, step) -> (loss, stats)`: a support set's loss, what
             inner steps descend; with per-step batch norm the set is normalised with its
-            own batch statistics and `stats` holds them (the STEP_STATS collection),
-            otherwise `stats` is empty.
-        query_fn: `(params, x, y, step) -> (loss, metrics)`: a query set scored as at
-            meta-test; with per-step batch norm each image is normalised with the running
-            statistics of `step`, independently of the other queries.
+            own batch statistics, and with running statistics ("per_step_running")
+            `stats` holds them (the STEP_STATS collection); otherwise `stats` is empty.
+        query_fn: `(params, x, y, step, context) -> (loss, metrics)`: a query set scored
+            as at meta-test, `context` the task's support images; each query image is
+            normalised with the running statistics of `step` ("per_step_running") or
+            with the support set's statistics at `params` ("per_step_support"),
+            independently of the other queries.
         per_step: whether the network has per-step batch norm (its outputs depend on
-            `step`; otherwise `step` is ignored).
+            `step`; otherwise `step` and `context` are ignored).
+        running: whether that batch norm keeps running statistics, which the support
+            passes' `stats` update.
     """
 
     support_fn: Callable
     query_fn: Callable
     per_step: bool
+    running: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,7 +181,7 @@ def adaptation_curve(
     """
 
     def scores(p, j):
-        step = (j,) if algorithm.per_step else ()
+        step = (j, task.support_x) if algorithm.per_step else ()
         return jnp.stack([m(p, task.query_x, task.query_y, *step) for m in metrics])
 
     def body(p, j):
@@ -192,26 +198,30 @@ def _takes(model, argument: str) -> bool:
 
 
 def make_apply(model) -> Callable:
-    """`(params, x, step=0) -> outputs` of a flax module at meta-test (no training mode).
+    """`(params, x, step=0, context=None) -> outputs` of a flax module at meta-test.
 
-    `step` (the parameters' inner-step count) reaches modules whose `__call__` takes it
-    (per-step batch norm, see models.ConvNet); others ignore it.
+    `step` (the parameters' inner-step count) and `context` (the task's support images)
+    reach modules whose `__call__` takes them (per-step batch norm, see models.ConvNet);
+    others ignore them.
     """
     takes_step = _takes(model, "step")
+    takes_context = _takes(model, "context")
 
-    def apply(params, x, step=0):
+    def apply(params, x, step=0, context=None):
         kwargs = {"step": step} if takes_step else {}
+        if takes_context and context is not None:
+            kwargs["context"] = context
         return model.apply({"params": params}, x, **kwargs)
 
     return apply
 
 
 def make_loss_fn(model, task_loss: Callable[[jax.Array, jax.Array], jax.Array]) -> LossFn:
-    """Builds `loss_fn(params, x, y, step=0)` from a flax module and a task's loss."""
+    """Builds `loss_fn(params, x, y, step=0, context=None)` from a module and a task's loss."""
     apply = make_apply(model)
 
-    def loss_fn(params, x, y, step=0):
-        return task_loss(apply(params, x, step), y)
+    def loss_fn(params, x, y, step=0, context=None):
+        return task_loss(apply(params, x, step, context), y)
 
     return loss_fn
 
@@ -221,11 +231,11 @@ def make_query_fn(
     task_loss: Callable[[jax.Array, jax.Array], jax.Array],
     scores: dict[str, Callable[[jax.Array, jax.Array], jax.Array]],
 ) -> QueryFn:
-    """Builds `(params, x, y, step=0) -> (loss, {name: score})`, from one forward pass."""
+    """Builds `(params, x, y, step=0, context=None) -> (loss, {name: score})` (one pass)."""
     apply = make_apply(model)
 
-    def query_fn(params, x, y, step=0):
-        predictions = apply(params, x, step)
+    def query_fn(params, x, y, step=0, context=None):
+        predictions = apply(params, x, step, context)
         return task_loss(predictions, y), {n: f(predictions, y) for n, f in scores.items()}
 
     return query_fn
@@ -238,14 +248,18 @@ def make_step_net(
 ) -> StepNet:
     """The support and query functions of a flax module, for MAML++ (see StepNet).
 
-    A module with per-step batch norm (`bn_mode="per_step_running"`) normalises support
-    sets with their batch statistics and returns them; other modules ignore the step.
+    A module with per-step batch norm (`bn_mode` in PER_STEP_BN_MODES) normalises support
+    sets with their batch statistics, and returns them where it keeps running ones
+    ("per_step_running"); other modules ignore the step.
     """
-    per_step = getattr(model, "bn_mode", None) == "per_step_running"
+    bn_mode = getattr(model, "bn_mode", None)
+    per_step = bn_mode in PER_STEP_BN_MODES
+    running = bn_mode == "per_step_running"
     apply = make_apply(model)
 
     def support_fn(params, x, y, step):
-        if not per_step:
+        if not running:
+            # "per_step_support" without a context normalises the set with its own.
             return task_loss(apply(params, x, step), y), {}
         predictions, sown = model.apply(
             {"params": params}, x, step=step, train=True, mutable=[STEP_STATS]
@@ -254,11 +268,11 @@ def make_step_net(
         stats = jax.tree.map(lambda t: t[0], sown[STEP_STATS], is_leaf=_is_tuple)
         return task_loss(predictions, y), stats
 
-    def query_fn(params, x, y, step):
-        predictions = apply(params, x, step)
+    def query_fn(params, x, y, step, context=None):
+        predictions = apply(params, x, step, context)
         return task_loss(predictions, y), {n: f(predictions, y) for n, f in scores.items()}
 
-    return StepNet(support_fn, query_fn, per_step)
+    return StepNet(support_fn, query_fn, per_step, running)
 
 
 def _is_tuple(x) -> bool:

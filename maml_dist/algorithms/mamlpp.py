@@ -113,7 +113,7 @@ def make(
         query_fn = query_fn or loss_query_fn(loss_fn)
         step_net = StepNet(
             lambda p, x, y, j: (loss_fn(p, x, y), {}),
-            lambda p, x, y, j: query_fn(p, x, y),
+            lambda p, x, y, j, context=None: query_fn(p, x, y),
             per_step=False,
         )
     n = inner.steps
@@ -134,7 +134,10 @@ def make(
         slot = jnp.minimum(j, n - 1)
         return jax.tree.map(lambda p, r, g: p - r[slot] * g, params, meta_params["inner_lr"], grads)
 
-    def objective(meta_params, task: TaskBatch, first_order: bool, step):
+    def query(params, task: TaskBatch, j):
+        return step_net.query_fn(params, task.query_x, task.query_y, j, task.support_x)
+
+    def objective(meta_params, task: TaskBatch, first_order: bool, step, multi_step: bool):
         def body(params, j):
             (_, stats), grads = jax.value_and_grad(step_net.support_fn, has_aux=True)(
                 params, task.support_x, task.support_y, j
@@ -142,33 +145,47 @@ def make(
             if first_order:
                 grads = jax.lax.stop_gradient(grads)
             params = update(meta_params, params, grads, j)
-            query = step_net.query_fn(params, task.query_x, task.query_y, j + 1) if msl else ()
-            return params, (stats, query)
+            return params, (stats, query(params, task, j + 1) if multi_step else ())
 
         adapted, (support_stats, queries) = jax.lax.scan(
             jax.checkpoint(body) if inner.remat else body, meta_params["params"], jnp.arange(n)
         )
-        if msl:
+        if multi_step:
             # The scan's last query pass is the final one; no extra forward pass.
             losses, all_metrics = queries
             loss, metrics = losses[-1], jax.tree.map(lambda a: a[-1], all_metrics)
             total = jnp.sum(msl_weights(step, n, inner.msl_anneal_steps) * losses)
         else:
-            loss, metrics = step_net.query_fn(adapted, task.query_x, task.query_y, n)
+            loss, metrics = query(adapted, task, n)
             total = loss
         stats = support_stats
-        if step_net.per_step:
+        if step_net.running:
             # Slot n: the support set at the adapted parameters (a forward pass, no gradient).
             _, last = step_net.support_fn(adapted, task.support_x, task.support_y, n)
             stats = jax.tree.map(lambda s, q: jnp.concatenate([s, q[None]]), stats, last)
         return total, (loss, metrics, jax.lax.stop_gradient(stats))
 
+    def meta_objective(meta_params, task: TaskBatch, first_order: bool, step):
+        if not msl:
+            return objective(meta_params, task, first_order, step, False)
+        # Once annealed, the weights are the last step's alone: a real branch (the
+        # predicate is unbatched under vmap and lax.map) skips the other query passes,
+        # which cost as much again as the rest of the step.
+        return jax.lax.cond(
+            step < inner.msl_anneal_steps,
+            lambda m, t, s: objective(m, t, first_order, s, True),
+            lambda m, t, s: objective(m, t, first_order, s, False),
+            meta_params,
+            task,
+            step,
+        )
+
     def grads_of(first_order: bool):
         def task_grad(meta_params, task, step):
-            (_, (loss, metrics, stats)), grads = jax.value_and_grad(objective, has_aux=True)(
+            (_, (loss, metrics, stats)), grads = jax.value_and_grad(meta_objective, has_aux=True)(
                 meta_params, task, first_order, step
             )
-            if step_net.per_step:
+            if step_net.running:
                 grads = {**grads, "params": _stats_as_grads(grads["params"], stats)}
             return grads, (loss, metrics)
 
