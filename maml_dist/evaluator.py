@@ -273,7 +273,8 @@ def evaluate(
         "inner_lr": config.inner_lr,
         "train_inner_steps": config.inner_steps,
         # What the protocol depends on: "transductive" batch norm normalises each query set
-        # with its own statistics, "per_step_running" each image alone (README, "Batch norm").
+        # with its own statistics, "per_step_running" and "per_step_support" each image
+        # alone (with running or with the support set's statistics; README, "Batch norm").
         "bn_mode": state_lib.resolve_bn_mode(config) if classification else None,
         # What the network computed in (runs before the field: float32).
         "compute_dtype": config.model.get("compute_dtype", "float32"),

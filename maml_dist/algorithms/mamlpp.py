@@ -11,12 +11,13 @@ train stably (the switches are `InnerConfig` fields, so each can be ablated):
 - derivative-order annealing (`doa_steps`): first order before that meta-step, second
   order from it on; a `lax.cond` on the step, so the first-order steps cost what
   first-order MAML costs;
-- per-step batch norm: the network's (`models.ConvNet(bn_mode="per_step_running")`),
-  evaluated here at the inner step of the parameters it is given (`StepNet`): support
-  sets normalised with their own batch statistics, queries with the running statistics
-  of their step, in meta-training as at meta-test; the support statistics of each step
-  travel back as the "gradient" of the running statistics, which the meta-optimiser
-  averages (`maml_dist.state.running_average`);
+- per-step batch norm: the network's (`models.ConvNet(bn_mode="per_step_running")` or
+  `"per_step_support"`), evaluated here at the inner step of the parameters it is given
+  (`StepNet`): support sets normalised with their own batch statistics; queries with the
+  running statistics of their step ("per_step_running"; the support statistics of each
+  step travel back as the "gradient" of the running statistics, which the meta-optimiser
+  averages, `maml_dist.state.running_average`) or with the support set's statistics at
+  the same parameters ("per_step_support", MetaBN), in meta-training as at meta-test;
 - the cosine-annealed meta learning rate is the meta-optimiser's
   (`maml_dist.state.make_meta_optimizer`).
 
