@@ -2,7 +2,7 @@
 
     python scripts/bench_side_by_side_cpu.py [--rounds=3] [--data_dir=../shared/data/omniglot]
         [--trainer_steps=120] [--torch_python=/work/torchenv/bin/python]
-        [--out=scripts/results/cpu/side_by_side.jsonl] [--quick]
+        [--conv_impls=im2col,slices] [--out=scripts/results/cpu/side_by_side.jsonl] [--quick]
 
 The setting: 5-way 1-shot, 15 query images per class, second-order MAML, one inner step,
 fp32, meta-batch 32, the MAML paper's Omniglot conv net (maml_dist.models.ConvNet).
@@ -12,20 +12,25 @@ Every round runs, one after another, each in its own process:
                     torch, which is no project dependency): a learn2learn-style loop over
                     the tasks and a torch.func.vmap variant, its FLOP count and MKL's
                     2048^3 matmul peak
+    then for each conv of --conv_impls (models.ConvNet's conv_impl: im2col, slices, xla):
     step            our bare meta-step (scripts/benchmark.py's omniglot_step_mb32 child:
-                    the trainer's own task batching and conv choices for the CPU)
-    trainer_host    scripts/bench_omniglot_trainer.py on the minimal Omniglot sets, with
-                    --data_placement=host where the script has the option (else its default
-                    host feed)
+                    the trainer's own task batching for the CPU, this conv)
+    trainer_host    scripts/bench_omniglot_trainer.py --conv_impl=IMPL on the minimal
+                    Omniglot sets, with --data_placement=host where the script has the
+                    option (else its default host feed)
     trainer_device  the same with --data_placement=device, where the script has the option
+    and last
     matmul_peak     a jitted fp32 2048x2048 @ 2048x2048 product in JAX, best of 10
+
+Records of our runs carry conv_impl (and the trainer's data_placement); the table has one
+column per (conv_impl, placement).
 
 The machine is noisy, so ratios (ours over PyTorch) are taken within a round, and the
 median over rounds is reported. Our FLOPs per task are counted once, by XLA's cost analysis
 of the vmapped meta-gradient with nn.Conv convolutions (the network's arithmetic; the
-im2col network's count adds its patch extraction, which moves data), and GFLOP/s is that
-count times tasks/s, against the same round's JAX matmul peak. Every record is appended to
---out as it finishes; a table goes to stdout.
+im2col and slices networks' counts, recorded too, add their patch extraction, which moves
+data), and GFLOP/s is that count times tasks/s, against the same round's JAX matmul peak.
+Every record is appended to --out as it finishes; a table goes to stdout.
 """
 
 from __future__ import annotations
@@ -68,7 +73,10 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     env = _child_json([sys.executable, __file__, "--child=env"], 120)
     placements = _placements()
-    print(f"run {run_id}: {args.rounds} round(s); trainer data placements: {placements}")
+    print(
+        f"run {run_id}: {args.rounds} round(s); convs: {args.conv_impls}; "
+        f"trainer data placements: {placements}"
+    )
 
     def record(kind: str, round_: int | None, r: dict) -> dict:
         full = {"run_id": run_id, "kind": kind, "round": round_, "time": _now(), **r}
@@ -79,16 +87,17 @@ def main() -> None:
         return full
 
     record("environment", None, {"env": env, "args": vars(args), "placements": placements})
-    flops = record("flops", None, _run([sys.executable, __file__, "--child=flops"], 600))
+    cmd = [sys.executable, __file__, "--child=flops", f"--conv_impls={','.join(args.conv_impls)}"]
+    flops = record("flops", None, _run(cmd, 900))
     rounds = []
     for i in range(args.rounds):
         print(f"round {i}", flush=True)
         row = {"pytorch": record("pytorch", i, _pytorch(args))}
-        row["step"] = record("step", i, _step(args))
-        for placement in placements:
-            row[f"trainer_{placement}"] = record(
-                f"trainer_{placement}", i, _trainer(args, placement, len(placements) > 1)
-            )
+        for impl in args.conv_impls:
+            row[f"step_{impl}"] = record("step", i, _step(args, impl))
+            for placement in placements:
+                r = _trainer(args, impl, placement, len(placements) > 1)
+                row[f"trainer_{impl}_{placement}"] = record(f"trainer_{placement}", i, r)
         row["matmul_peak"] = record(
             "matmul_peak", i, _run([sys.executable, __file__, "--child=matmul"], 300)
         )
@@ -106,10 +115,17 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--trainer_log_every", type=int, default=30)
     parser.add_argument("--torch_python", default="/work/torchenv/bin/python")
     parser.add_argument("--torch_variants", default="loop,vmap")
+    parser.add_argument(
+        "--conv_impls", default="im2col,slices", help="comma list of ConvNet conv_impl values"
+    )
     parser.add_argument("--out", default=str(SCRIPTS / "results/cpu/side_by_side.jsonl"))
     parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke test")
     parser.add_argument("--child", choices=sorted(_CHILDREN), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.conv_impls = [x for x in args.conv_impls.split(",") if x]
+    unknown = set(args.conv_impls) - {"xla", "im2col", "slices", "auto"}
+    if unknown or not args.conv_impls:
+        parser.error(f"--conv_impls: unknown or none: {sorted(unknown)}")
     if args.quick:
         args.trainer_steps, args.trainer_log_every = 6, 2
     return args
@@ -167,12 +183,19 @@ def _pytorch(args: argparse.Namespace) -> dict:
     return r
 
 
-def _step(args: argparse.Namespace) -> dict:
-    params = dict(STEP_PARAMS)
+def _step(args: argparse.Namespace, conv_impl: str) -> dict:
+    """Our bare meta-step with `conv_impl`; the record's conv_impl is the one run.
+
+    Its tasks are given (one meta-batch, made once): data_placement is None.
+    """
+    params = dict(STEP_PARAMS, conv_impl=conv_impl)
     if args.quick:
         params.update(steps=1, reps=1)
     cmd = [sys.executable, str(SCRIPTS / "benchmark.py"), "--child=omniglot_step_mb32"]
-    return _run([*cmd, f"--params={json.dumps(params)}"], 600)
+    r = _run([*cmd, f"--params={json.dumps(params)}"], 600)
+    # "auto" resolves in the child, which echoes the conv it ran in params.
+    impl = r.get("params", {}).get("conv_impl", conv_impl)
+    return {"conv_impl": impl, "data_placement": None, **r}
 
 
 def _placements() -> list[str]:
@@ -185,28 +208,52 @@ def _placements() -> list[str]:
     return ["host", "device"] if "--data_placement" in text else ["host"]
 
 
-def _trainer(args: argparse.Namespace, placement: str, option: bool) -> dict:
+def _trainer(args: argparse.Namespace, conv_impl: str, placement: str, option: bool) -> dict:
+    """The trainer script with `conv_impl` and (where `option`) `placement`; its numbers.
+
+    Args:
+        args: this script's arguments.
+        conv_impl: the trainer's --conv_impl.
+        placement: "host" or "device", passed as --data_placement where `option`.
+        option: whether the trainer script has --data_placement.
+
+    Returns:
+        conv_impl, data_placement, command, wall_s, the logged intervals after the first
+        (data_wait_s None where episodes are drawn on the device), tasks_per_sec (their
+        median, as the script prints it) and compile_s (its longest XLA compile); or
+        conv_impl, data_placement and error.
+    """
     cmd = [
         sys.executable,
         str(SCRIPTS / "bench_omniglot_trainer.py"),
         f"--data_dir={args.data_dir}",
         f"--steps={args.trainer_steps}",
         f"--log_every={args.trainer_log_every}",
+        f"--conv_impl={conv_impl}",
     ]
     if option:
         cmd.append(f"--data_placement={placement}")
+    r = {
+        "conv_impl": conv_impl,
+        "data_placement": placement if option else "host (the script's only feed)",
+    }
     t0 = time.perf_counter()
     try:
         text = _bounded(cmd, 900).stdout
     except (subprocess.SubprocessError, OSError) as e:
-        return {"error": f"{type(e).__name__}: {e}"[-2000:]}
-    r = {
-        "data_placement": placement if option else "host (the script's only feed)",
+        return r | {"error": f"{type(e).__name__}: {e}"[-2000:]}
+    # Rows "| step | tasks/s | data s/step | data wait s/step |"; "-" for data on the device.
+    row = r"^\| (\d+) \| ([\d.]+) \| ([\d.]+|-) \| ([\d.]+|-) \|$"
+    r |= {
         "command": " ".join(cmd[1:]),
         "wall_s": time.perf_counter() - t0,
         "intervals": [
-            {"step": int(m[1]), "tasks_per_sec": float(m[2]), "data_wait_s": float(m[4])}
-            for m in re.finditer(r"^\| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", text, re.M)
+            {
+                "step": int(m[1]),
+                "tasks_per_sec": float(m[2]),
+                "data_wait_s": None if m[4] == "-" else float(m[4]),
+            }
+            for m in re.finditer(row, text, re.M)
         ],
     }
     m = re.search(r"median steady throughput: ([\d.]+) tasks/s", text)
@@ -219,7 +266,7 @@ def _trainer(args: argparse.Namespace, placement: str, option: bool) -> dict:
 def _summarise(rounds: list[dict], flops: dict) -> dict:
     """Per-round ratios (ours over PyTorch's faster variant, and over its loop), medians."""
     gflop = flops.get("gflop_per_task_xla_conv")
-    ours = [k for k in rounds[0] if k == "step" or k.startswith("trainer_")]
+    ours = _ours(rounds)
     per_round = []
     for row in rounds:
         torch_best = row["pytorch"].get("best_tasks_per_sec")
@@ -246,6 +293,10 @@ def _summarise(rounds: list[dict], flops: dict) -> dict:
         median[k] = statistics.median(values) if values else None
     trainer = [k for k in ours if k.startswith("trainer_")]
     return {
+        "columns": {
+            k: {"conv_impl": rounds[0][k].get("conv_impl"), "data_placement": _placement(k)}
+            for k in ours
+        },
         "gflop_per_task": gflop,
         "flops": flops,
         "per_round": per_round,
@@ -254,10 +305,21 @@ def _summarise(rounds: list[dict], flops: dict) -> dict:
             k: {
                 "tasks_per_sec_ge_42": (median[k] or 0) >= 42,
                 "ratio_ge_1_5": (median[f"{k}_over_pytorch"] or 0) >= 1.5,
+                "ratio_over_loop_ge_1_5": (median[f"{k}_over_pytorch_loop"] or 0) >= 1.5,
             }
             for k in trainer
         },
     }
+
+
+def _ours(rounds: list[dict]) -> list[str]:
+    """Our columns, in run order: step_IMPL and trainer_IMPL_PLACEMENT."""
+    return [k for k in rounds[0] if k.startswith(("step_", "trainer_"))]
+
+
+def _placement(key: str) -> str | None:
+    """A trainer column's data placement (None for the bare step)."""
+    return key.rsplit("_", 1)[1] if key.startswith("trainer_") else None
 
 
 def _div(a, b):
@@ -265,7 +327,7 @@ def _div(a, b):
 
 
 def _table(rounds: list[dict], s: dict) -> str:
-    ours = [k for k in rounds[0] if k == "step" or k.startswith("trainer_")]
+    ours = _ours(rounds)
     head = ["round", "PyTorch loop", "PyTorch vmap", *ours]
     head += [f"{k} / PyTorch" for k in ours] + ["JAX matmul GFLOP/s", "torch matmul GFLOP/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
@@ -289,11 +351,17 @@ def _table(rounds: list[dict], s: dict) -> str:
         )
     lines.append("")
     for k, g in s["goal"].items():
+        loop = _f(m[f"{k}_over_pytorch_loop"], ".2f")
         lines.append(
-            f"{k}: >= 42 tasks/s {'met' if g['tasks_per_sec_ge_42'] else 'NOT met'}; "
-            f">= 1.5x PyTorch {'met' if g['ratio_ge_1_5'] else 'NOT met'}"
+            f"{k}: >= 42 tasks/s {_met(g['tasks_per_sec_ge_42'])}; >= 1.5x PyTorch (faster "
+            f"variant) {_met(g['ratio_ge_1_5'])}; >= 1.5x PyTorch loop "
+            f"{_met(g['ratio_over_loop_ge_1_5'])} (median {loop}x)"
         )
     return "\n".join(lines)
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "NOT met"
 
 
 def _f(v, spec: str = ".1f") -> str:
@@ -330,7 +398,7 @@ def _child_matmul() -> dict:
 
 
 def _child_flops() -> dict:
-    """XLA's FLOP count of one task's meta-gradient, with nn.Conv and with im2col convs.
+    """XLA's FLOP count of one task's meta-gradient, with nn.Conv and with --conv_impls.
 
     The vmapped meta-gradient bench_omniglot_step.measure counts, compiled but not run
     (nn.Conv's under vmap runs at ~1 task/s on this CPU).
@@ -345,7 +413,8 @@ def _child_flops() -> dict:
     tasks = step.make_tasks(n, queries)
     inner = algorithms.InnerConfig(lr=0.4, steps=1)
     out = {}
-    for conv_impl in ("xla", "im2col"):
+    impls = ["xla", *_parse().conv_impls]
+    for conv_impl in sorted(set(impls), key=impls.index):
         model = models.ConvNet(num_classes=STEP_PARAMS["ways"], conv_impl=conv_impl)
 
         def loss_fn(p, x, y, model=model):
