@@ -97,8 +97,8 @@ def paper_settings(shots: int) -> ml_collections.ConfigDict:
     c.model.strides = 1
     c.model.pool = True  # 2x2 max-pool ending each block
     c.model.conv_impl = "auto"
-    # "auto": "per_step_running" for mamlpp (MAML++), "transductive" (MAML's) otherwise;
-    # or "per_step_support" or "none". README, "Batch norm", says what each means.
+    # "auto": "per_step_support" for mamlpp (MAML++), "transductive" (MAML's) otherwise;
+    # or "per_step_running" or "none". README, "Batch norm", says what each means.
     c.model.bn_mode = "auto"
     # "float32", or "bfloat16": convs, matrix products and activations in bfloat16, the
     # parameters, batch-norm statistics, loss and updates float32 (README, "Compute dtype").

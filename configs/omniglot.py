@@ -128,8 +128,8 @@ def get_config(variant: str | None = "5w1s") -> ml_collections.ConfigDict:
     c.model.filters = 64
     c.model.blocks = 4
     c.model.conv_impl = "auto"
-    # "auto": "per_step_running" for mamlpp, "transductive" (MAML's) otherwise; or
-    # "per_step_support" (queries normalised with the support set's statistics) or "none".
+    # "auto": "per_step_support" for mamlpp (queries normalised with the support set's
+    # statistics), "transductive" (MAML's) otherwise; or "per_step_running" or "none".
     # README, "Batch norm", says what each means for the evaluation protocol.
     c.model.bn_mode = "auto"
     # "float32", or "bfloat16": convs, matrix products and activations in bfloat16, the

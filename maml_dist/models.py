@@ -76,12 +76,14 @@ def _normalise(x, mean, var, scale, offset, epsilon):
 def resolve_bn_mode(name: str, algorithm: str) -> str:
     """The batch-norm mode to use: `name`, or for "auto" the algorithm's own.
 
-    "auto" is "per_step_running" for "mamlpp" (MAML++) and "transductive" (MAML's) for
-    every other algorithm.
+    "auto" is "per_step_support" for "mamlpp" (MAML++: per-step batch norm, queries
+    normalised with the support set's statistics, which trained better than running
+    statistics in every measurement; README, "MAML++ ablation") and "transductive"
+    (MAML's) for every other algorithm.
     """
     if name != "auto":
         return name
-    return "per_step_running" if algorithm == "mamlpp" else "transductive"
+    return "per_step_support" if algorithm == "mamlpp" else "transductive"
 
 
 def resolve_conv_impl(name: str, backend: str | None = None) -> str:

@@ -313,8 +313,9 @@ def _assert_trees_equal(a, b):
         np.testing.assert_array_equal(x, y)
 
 
+# "per_step_support" came after compute dtypes: no network before them to compare with.
 @pytest.mark.parametrize("conv_impl", DTYPE_IMPLS)
-@pytest.mark.parametrize("bn_mode", BN_MODES)
+@pytest.mark.parametrize("bn_mode", ("transductive", "per_step_running", "none"))
 def test_float32_is_bit_identical_to_the_network_before_compute_dtypes(conv_impl, bn_mode):
     before = _BeforeConvNet(WAYS, filters=8, blocks=2, conv_impl=conv_impl, bn_mode=bn_mode)
     nets = [_conv("float32", conv_impl, bn_mode)]

@@ -413,12 +413,18 @@ def omniglot_data(tmp_path_factory):
     return root
 
 
-def test_resume_is_bit_identical_with_every_switch_on(omniglot_data, tmp_path):
+@pytest.mark.parametrize("bn_mode", ["auto", "per_step_running"])
+def test_resume_is_bit_identical_with_every_switch_on(bn_mode, omniglot_data, tmp_path):
     config = omniglot_configs.get_config("tiny")
     config.update(algorithm="mamlpp", inner_steps=2, data_dir=str(omniglot_data))
     config.omniglot.update(cache_dir=str(tmp_path / "cache"), held_out=("Delta",), num_held_out=0)
-    # All five: "auto" resolves to per-step batch norm and the cosine schedule.
-    assert state_lib.resolve_bn_mode(config) == "per_step_running"
+    config.model.bn_mode = bn_mode
+    # All five: "auto" resolves to per-step batch norm on the support set's statistics and
+    # the cosine schedule; running statistics carry their moving average across the resume.
+    running = bn_mode == "per_step_running"
+    assert state_lib.resolve_bn_mode(config) == (
+        "per_step_running" if running else "per_step_support"
+    )
     assert state_lib.resolve_schedule(config) == "cosine"
     devices = jax.devices()[:4]  # the tiny meta-batch of 4
     straight = trainer.train_and_evaluate(config, str(tmp_path / "straight"), devices)
@@ -429,9 +435,12 @@ def test_resume_is_bit_identical_with_every_switch_on(omniglot_data, tmp_path):
     assert set(resumed.meta_params) == {"params", "inner_lr"}
     for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    # The trainer averaged batch statistics into the running ones (they start at 0 and 1).
-    norm = jax.device_get(resumed.meta_params["params"]["StepNorm_0"])
-    assert np.all(norm["running_mean"] != 0) and np.all(norm["running_var"] != 1)
+    if running:
+        # The trainer averaged batch statistics into the running ones (they start at 0 and 1).
+        norm = jax.device_get(resumed.meta_params["params"]["StepNorm_0"])
+        assert np.all(norm["running_mean"] != 0) and np.all(norm["running_var"] != 1)
+    else:
+        assert set(resumed.meta_params["params"]["SupportNorm_0"]) == {"scale", "offset"}
     records = read_jsonl(str(tmp_path / "r" / "metrics.jsonl"))
     rates = [r["learning_rate"] for r in records]
     assert [r["step"] for r in records] == [2, 3, 4, 6]  # steps past 3 logged once

@@ -224,20 +224,32 @@ def test_anil_with_the_body_head_split_runs_the_papers_net_as_a_whole(layout, tm
     assert np.linalg.norm(got["params"]["Conv_0"]["kernel"]) > 0
 
 
-def test_mamlpp_per_step_batch_norm_on_the_papers_net(layout, tmp_path):
+@pytest.mark.parametrize("bn_mode", ["auto", "per_step_running"])
+def test_mamlpp_per_step_batch_norm_on_the_papers_net(bn_mode, layout, tmp_path):
     root, _ = layout
-    _, problem, task, meta = _one_task(root, tmp_path, "mamlpp")
-    assert problem.family.bn_mode == "per_step_running" and "inner_lr" in meta
+    config = _config(root, tmp_path, algorithm="mamlpp")
+    config.model.bn_mode = bn_mode
+    problem = make_problem(config)
+    task = jax.tree.map(jnp.asarray, problem.family.episodes("train", 1, 2).episode(0, 0, 0, 0))
+    params = problem.model.init(jax.random.key(0), task.support_x)["params"]
+    meta = problem.algorithm.init(params)
+    running = bn_mode == "per_step_running"
+    assert problem.family.bn_mode == ("per_step_running" if running else "per_step_support")
+    assert "inner_lr" in meta
     grads, _ = jax.jit(problem.algorithm.task_grad)(meta, task, 0)
-    for i in range(4):  # every block's per-step statistics: 1 training step + the query
-        stats = grads["params"][f"StepNorm_{i}"]["running_mean"]
+    for i in range(4):  # every block: 1 training step + the query's slot
+        if running:  # the per-step batch statistics, for the running averages
+            stats = grads["params"][f"StepNorm_{i}"]["running_mean"]
+        else:  # the per-step scale, its gradient through the pooled blocks
+            stats = grads["params"][f"SupportNorm_{i}"]["scale"]
         assert stats.shape == (2, 4) and np.all(np.isfinite(stats))
     assert np.all(np.isfinite(grads["inner_lr"]["head"]["kernel"]))
-    # With running statistics a query image is classified alone as in its batch.
+    # Either way a query image is classified alone as in its batch.
     adapted = problem.algorithm.adapt(meta, task.support_x, task.support_y, 1)
     apply = algorithms.make_apply(problem.model)
-    batch = apply(adapted, task.query_x, 1)
-    alone = jnp.concatenate([apply(adapted, task.query_x[i : i + 1], 1) for i in range(4)])
+    context = None if running else task.support_x
+    batch = apply(adapted, task.query_x, 1, context)
+    alone = jnp.concatenate([apply(adapted, task.query_x[i : i + 1], 1, context) for i in range(4)])
     np.testing.assert_allclose(batch, alone, rtol=1e-5, atol=1e-5)
 
 
