@@ -2,7 +2,7 @@
 
     python scripts/bench_side_by_side_cpu.py [--rounds=3] [--data_dir=../shared/data/omniglot]
         [--trainer_steps=120] [--torch_python=/work/torchenv/bin/python]
-        [--out=scripts/results/cpu/side_by_side.jsonl] [--quick]
+        [--out=scripts/results/cpu/side_by_side.jsonl] [--quick] [--conv_impl=auto]
 
 The setting: 5-way 1-shot, 15 query images per class, second-order MAML, one inner step,
 fp32, meta-batch 32, the MAML paper's Omniglot conv net (maml_dist.models.ConvNet).
@@ -13,10 +13,11 @@ Every round runs, one after another, each in its own process:
                     the tasks and a torch.func.vmap variant, its FLOP count and MKL's
                     2048^3 matmul peak
     step            our bare meta-step (scripts/benchmark.py's omniglot_step_mb32 child:
-                    the trainer's own task batching and conv choices for the CPU)
-    trainer_host    scripts/bench_omniglot_trainer.py on the minimal Omniglot sets, with
-                    --data_placement=host where the script has the option (else its default
-                    host feed)
+                    the trainer's own task batching and conv choices for the CPU, or the
+                    --conv_impl given; "auto" is slices since maml_dist 0.5, im2col before)
+    trainer_host    scripts/bench_omniglot_trainer.py on the minimal Omniglot sets with
+                    --conv_impl, and --data_placement=host where the script has the option
+                    (else its default host feed)
     trainer_device  the same with --data_placement=device, where the script has the option
     matmul_peak     a jitted fp32 2048x2048 @ 2048x2048 product in JAX, best of 10
 
@@ -108,6 +109,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--torch_variants", default="loop,vmap")
     parser.add_argument("--out", default=str(SCRIPTS / "results/cpu/side_by_side.jsonl"))
     parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke test")
+    parser.add_argument("--conv_impl", default="auto", help="our step's and trainer's conv")
     parser.add_argument("--child", choices=sorted(_CHILDREN), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
@@ -168,7 +170,7 @@ def _pytorch(args: argparse.Namespace) -> dict:
 
 
 def _step(args: argparse.Namespace) -> dict:
-    params = dict(STEP_PARAMS)
+    params = dict(STEP_PARAMS, conv_impl=args.conv_impl)
     if args.quick:
         params.update(steps=1, reps=1)
     cmd = [sys.executable, str(SCRIPTS / "benchmark.py"), "--child=omniglot_step_mb32"]
@@ -192,6 +194,7 @@ def _trainer(args: argparse.Namespace, placement: str, option: bool) -> dict:
         f"--data_dir={args.data_dir}",
         f"--steps={args.trainer_steps}",
         f"--log_every={args.trainer_log_every}",
+        f"--conv_impl={args.conv_impl}",
     ]
     if option:
         cmd.append(f"--data_placement={placement}")
