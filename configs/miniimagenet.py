@@ -96,6 +96,7 @@ def paper_settings(shots: int) -> ml_collections.ConfigDict:
     c.model.blocks = 4
     c.model.strides = 1
     c.model.pool = True  # 2x2 max-pool ending each block
+    # "auto": "slices" on CPU ("im2col" before maml_dist 0.5), "xla" on accelerators.
     c.model.conv_impl = "auto"
     # "auto": "per_step_support" for mamlpp (MAML++), "transductive" (MAML's) otherwise;
     # or "per_step_running" or "none". README, "Batch norm", says what each means.

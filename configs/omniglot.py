@@ -27,8 +27,8 @@ Run from the repository root (the named files import this module as `configs.omn
     python -m maml_dist.evaluate --workdir=runs/o5w1s
 
 Task batching and the conv implementation default to "auto": a loop over each device's
-tasks and im2col convs on CPU (README trap 8, README "Omniglot"), vmap and XLA convs on
-accelerators.
+tasks and slices convs on CPU (README trap 8, README "Omniglot speed"; im2col convs before
+maml_dist 0.5), vmap and XLA convs on accelerators.
 """
 
 import ml_collections
@@ -127,6 +127,8 @@ def get_config(variant: str | None = "5w1s") -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.filters = 64
     c.model.blocks = 4
+    # "auto": "slices" on CPU ("im2col" before maml_dist 0.5), "xla" on accelerators; or
+    # "xla", "im2col" or "slices" (README "Omniglot speed").
     c.model.conv_impl = "auto"
     # "auto": "per_step_support" for mamlpp (queries normalised with the support set's
     # statistics), "transductive" (MAML's) otherwise; or "per_step_running" or "none".

@@ -87,14 +87,16 @@ def resolve_bn_mode(name: str, algorithm: str) -> str:
 
 
 def resolve_conv_impl(name: str, backend: str | None = None) -> str:
-    """The conv implementation to use: `name`, or for "auto" "im2col" on CPU, else "xla".
+    """The conv implementation to use: `name`, or for "auto" "slices" on CPU, else "xla".
 
     XLA:CPU runs conv kernel gradients inside loop bodies ~77x slower than outside one
-    (PatchConv's docstring); accelerators run `nn.Conv` through their conv libraries.
+    (PatchConv's docstring), and im2col's patches as a slow grouped convolution; SliceConv
+    avoids both (README "Omniglot speed"). Before maml_dist 0.5 "auto" was "im2col" on CPU.
+    Accelerators run `nn.Conv` through their conv libraries.
     """
     if name != "auto":
         return name
-    return "im2col" if (backend or jax.default_backend()) == "cpu" else "xla"
+    return "slices" if (backend or jax.default_backend()) == "cpu" else "xla"
 
 
 class MLP(nn.Module):

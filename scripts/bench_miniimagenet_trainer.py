@@ -8,7 +8,11 @@ does not depend on the pixels. Reports the tasks/s the trainer logs for every in
 after the first (which holds the compile) and the host's data time per step.
 
     python scripts/bench_miniimagenet_trainer.py [--data_dir=ROOT] [--variant=5w1s] \
-        [--steps=20] [--log_every=5]
+        [--steps=20] [--log_every=5] [--conv_impl=auto]
+
+`--conv_impl` is the config's `model.conv_impl`: "auto" (the default) is "slices" on CPU
+since maml_dist 0.5 and was "im2col" before (the README's CPU number names
+`--conv_impl=im2col`). The first line printed gives the conv as resolved.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from PIL import Image
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from configs import miniimagenet
-from maml_dist import metrics, trainer
+from maml_dist import metrics, models, trainer
 
 
 def write_stand_in(root: pathlib.Path, classes=(10, 5, 5), per_class=20) -> None:
@@ -54,6 +58,7 @@ def main() -> None:
     parser.add_argument("--variant", default="5w1s", choices=("5w1s", "5w5s"))
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--log_every", type=int, default=5)
+    parser.add_argument("--conv_impl", default="auto", choices=models.CONV_IMPLS)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -63,6 +68,7 @@ def main() -> None:
             write_stand_in(pathlib.Path(data_dir))
         config = miniimagenet.get_config(args.variant)
         config.data_dir = data_dir
+        config.model.conv_impl = args.conv_impl
         config.miniimagenet.cache_dir = os.path.join(tmp, "cache")
         config.update(
             num_steps=args.steps,
@@ -80,7 +86,8 @@ def main() -> None:
     print(
         f"{jax.devices()[0].platform}, 1 device: mini-ImageNet {args.variant}, meta-batch "
         f"{config.meta_batch_size}, {config.inner_steps} inner steps, second order, "
-        f"{config.num_query} query/class; {args.steps} steps in {wall:.1f} s wall"
+        f"{config.num_query} query/class, {models.resolve_conv_impl(args.conv_impl)} convs; "
+        f"{args.steps} steps in {wall:.1f} s wall"
     )
     print("| steps | tasks/s | s/step | data s/step (host, overlapped) | data wait s/step |")
     print("|---:|---:|---:|---:|---:|")

@@ -6,7 +6,12 @@ trainer logs (every interval after the first, which holds the compile), the XLA 
 time of the first training program, and host data time against the step time.
 
     python scripts/bench_omniglot_trainer.py --data_dir=../shared/data/omniglot \
-        [--steps=150] [--log_every=30] [--num_query=15]
+        [--steps=150] [--log_every=30] [--num_query=15] [--task_batching=auto] \
+        [--conv_impl=auto] [--data_placement=host]
+
+`--conv_impl=auto` (the default) is the trainer's choice for the backend: "slices" on CPU
+since maml_dist 0.5, "im2col" before, so the README's CPU numbers measured before 0.5 name
+`--conv_impl=im2col`. The first line printed gives the conv as resolved.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import bench_record
 
 from configs import omniglot
-from maml_dist import metrics, trainer
+from maml_dist import metrics, models, parallel, trainer
 
 
 def measure(
@@ -55,8 +60,8 @@ def measure(
 
     Returns:
         wall_s (the whole `train_and_evaluate` call), compiles (seconds of each XLA
-        compile), steady (the logged records after the first), and steady_tasks_per_sec
-        (their median).
+        compile), steady (the logged records after the first), steady_tasks_per_sec
+        (their median), and conv_impl and task_batching as run ("auto" resolved).
     """
     config = omniglot.get_config("minimal_5w1s")
     config.update(
@@ -85,6 +90,8 @@ def measure(
         "compiles": list(compiles),
         "steady": steady,
         "steady_tasks_per_sec": statistics.median(r["tasks_per_sec"] for r in steady),
+        "conv_impl": models.resolve_conv_impl(conv_impl),
+        "task_batching": parallel.resolve_batching(task_batching),
     }
 
 
@@ -110,8 +117,8 @@ def main() -> None:
     compiles = r["compiles"]
     print(
         f"{jax.devices()[0].platform}, 1 device: 5-way 1-shot, {args.num_query} query/class, "
-        f"meta-batch 32, 1 inner step, second order; {args.steps} steps in {r['wall_s']:.1f} s "
-        "wall"
+        f"meta-batch 32, 1 inner step, second order, {r['conv_impl']} convs, "
+        f"{r['task_batching']} task batching; {args.steps} steps in {r['wall_s']:.1f} s wall"
     )
     print(f"longest single XLA compile: {max(compiles):.1f} s ({len(compiles)} compiles)")
     print("| steps | tasks/s | data s/step (host, overlapped) | data wait s/step |")

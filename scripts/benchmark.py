@@ -3,7 +3,7 @@
     python scripts/benchmark.py --out=bench.jsonl [--settings=a,b,...] [--quick]
         [--data_dir=FOLDER_WITH_MINIMAL_OMNIGLOT] [--workdir_root=DIR --keep]
         [--deadline_s=1200] [--budget_s=SECONDS] [--trainer_steps=N --trainer_log_every=M]
-        [--repeat=N]
+        [--repeat=N] [--conv_impl=auto]
 
 Settings (`--list` prints them; the default is every one on an accelerator but the bare
 loops, and on CPU the same with the bare sinusoid loop and without meta-batch 128 and
@@ -22,7 +22,8 @@ loops, and on CPU the same with the bare sinusoid loop and without meta-batch 12
                             filled by the run before (primed here if that did not run)
     omniglot_step_mbN       the bare second-order Omniglot 5-way 1-shot meta-step, 15
                             queries per class, N = 32, 128, 512 tasks (vmap + XLA conv on
-                            accelerators, the trainer's own choices on CPU)
+                            accelerators, the trainer's own choices on CPU: loop + slices
+                            since maml_dist 0.5, loop + im2col before)
     omniglot_trainer_mbN    the same setting through the trainer, host feed included, on
                             generated images unless --data_dir; trainer_vs_step is its
                             tasks/s over the step's when both ran in this call
@@ -42,7 +43,10 @@ compared with each other see the same machine load; each record says its repetit
 Each setting runs in its own process, so its peak memory is its own; every child is
 SIGKILLed at its deadline. Records are appended, one line each as it finishes, so a run
 stopped early keeps what it measured. `--quick` shrinks every step count so all the
-CPU defaults run in a minute or two: a smoke test, not a measurement.
+CPU defaults run in a minute or two: a smoke test, not a measurement. `--conv_impl` is
+the Omniglot settings' `model.conv_impl` ("auto", the default: the trainer's choice for the
+backend); `--conv_impl=im2col` repeats on CPU what "auto" measured before maml_dist 0.5.
+Records give the conv as resolved.
 """
 
 from __future__ import annotations
@@ -161,6 +165,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--trainer_steps", type=int, help="Omniglot trainer steps")
     parser.add_argument("--trainer_log_every", type=int, help="steps per logged interval")
     parser.add_argument("--repeat", type=int, default=1, help="runs of the settings, interleaved")
+    parser.add_argument("--conv_impl", default="auto", help="the Omniglot settings' conv")
     parser.add_argument("--list", action="store_true", help="print the setting names")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # a setting, run in this process
     parser.add_argument("--params", help=argparse.SUPPRESS)  # its parameters, JSON
@@ -252,9 +257,10 @@ def _measure(run: _Run, name: str) -> dict:
     kind, placement, mb = re.fullmatch(r"omniglot_(step|trainer)(_device)?_mb(\d+)", name).groups()
     params = {"meta_batch": int(mb), "ways": 5, "shots": 1, "queries": 15, "inner_steps": 1}
     if kind == "step":
-        params.update(algorithm="maml", batching="auto", conv_impl="auto", **run.size(STEP))
+        params.update(algorithm="maml", batching="auto", conv_impl=run.args.conv_impl)
+        params.update(run.size(STEP))
     else:
-        params.update(_omniglot_data(run), **run.size(TRAINER))
+        params.update(_omniglot_data(run), conv_impl=run.args.conv_impl, **run.size(TRAINER))
         # Shorter runs where a call has a time budget (scripts/gpu_check.sh); the first
         # logged interval holds the compile, so keep two more after it.
         if run.args.trainer_steps:
@@ -539,7 +545,9 @@ def _child(args: argparse.Namespace) -> None:
             params["meta_batch"],
             cache_dir=params["cache_dir"],
             data_placement=params.get("data_placement", "host"),
+            conv_impl=params.get("conv_impl", "auto"),
         )
+        params["conv_impl"] = r["conv_impl"]  # "auto" resolved on this backend
         steady = r["steady"]
         record = {
             "tasks_per_sec": r["steady_tasks_per_sec"],

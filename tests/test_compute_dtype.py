@@ -71,7 +71,7 @@ def _flat(tree) -> jax.Array:
 
 
 def test_parameters_stay_float32_through_init_and_a_meta_step():
-    model16 = _conv("bfloat16", "im2col")  # the CPU trainer's conv
+    model16 = _conv("bfloat16", "slices")  # the CPU trainer's conv ("auto", since 0.5)
     params = _params(model16)
     # The same initial values as the float32 net: the dtype changes only the compute.
     assert _dtypes(params) == {jnp.dtype(jnp.float32)}

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from helpers import make_omniglot_set, zip_folder
 
-from maml_dist import algorithms, models
+from configs import omniglot as omniglot_configs
+from maml_dist import algorithms, models, tasks
 from maml_dist.checks import UserInputError
 from maml_dist.data import episodes, omniglot, splits
 from maml_dist.types import TaskBatch
@@ -307,6 +308,22 @@ def test_patch_convs_equal_xla_conv_in_value_and_second_order_gradient(impl):
     chex.assert_trees_all_close(
         jax.grad(maml_loss(xla))(params), jax.grad(maml_loss(im2col))(params), rtol=1e-4, atol=1e-5
     )
+
+
+def test_auto_conv_is_slices_on_cpu_and_xla_on_accelerators(tmp_path):
+    assert models.resolve_conv_impl("auto", "cpu") == "slices"  # "im2col" before 0.5
+    assert models.resolve_conv_impl("auto", "gpu") == "xla"
+    assert models.resolve_conv_impl("auto", "tpu") == "xla"
+    for name in ("xla", "im2col", "slices"):
+        assert models.resolve_conv_impl(name, "cpu") == name
+        assert models.resolve_conv_impl(name, "gpu") == name
+    # The configs' default builds the slices network here (the tests run on CPU).
+    config = omniglot_configs.get_config("tiny")
+    for name in config.omniglot.sets:
+        (tmp_path / name).mkdir()  # found, never read: a family reads images on first use
+    config.data_dir = str(tmp_path)
+    assert config.model.conv_impl == "auto"
+    assert tasks.make_task_family(config).make_model().conv_impl == "slices"
 
 
 @pytest.mark.parametrize(
