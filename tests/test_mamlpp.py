@@ -332,7 +332,7 @@ def test_maml_with_per_step_batch_norm_is_mamlpp_with_its_switches_off():
 
 @pytest.mark.parametrize(
     ("bn_mode", "num_devices"),
-    [("per_step_running", n) for n in (1, 2, 4, 8)] + [("per_step_support", n) for n in (2, 8)],
+    [(mode, n) for mode in ("per_step_running", "per_step_support") for n in (1, 2, 4, 8)],
 )
 def test_sharded_equals_reference_with_every_switch_and_per_step_batch_norm(bn_mode, num_devices):
     _, loss_fn, query_fn, step_net, params = _conv(bn_mode, steps=3)
