@@ -23,6 +23,19 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+def _run(command: list[str]) -> None:
+    """Runs `command` quietly; on failure prints the end of its output and exits with its code.
+
+    The children's logs are long, so they are kept out of the table's output, but a failed
+    run's own words (a non-finite stop, a bad flag) must reach the user.
+    """
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = (done.stdout + done.stderr).strip().splitlines()[-15:]
+        print("\n".join(tail), file=sys.stderr)
+        sys.exit(f"failed (exit {done.returncode}): {' '.join(command)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/sinusoid.py")
@@ -49,7 +62,7 @@ def main() -> None:
         if (workdir / "checkpoints").exists():
             sys.exit(f"{workdir} already holds a run; remove it or pass another --name")
         t0 = time.perf_counter()
-        subprocess.run(
+        _run(
             [
                 sys.executable,
                 "-m",
@@ -60,19 +73,10 @@ def main() -> None:
                 f"--config.algorithm={algorithm}",
                 *common,
                 *mine,
-            ],
-            check=True,
-            cwd=ROOT,
-            stderr=subprocess.DEVNULL,
+            ]
         )
         wall = time.perf_counter() - t0
-        subprocess.run(
-            [sys.executable, "-m", "maml_dist.evaluate", f"--workdir={workdir}"],
-            check=True,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        _run([sys.executable, "-m", "maml_dist.evaluate", f"--workdir={workdir}"])
         report = json.loads((workdir / "eval" / "results.json").read_text())
         rows.append(
             {
