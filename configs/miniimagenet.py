@@ -101,6 +101,9 @@ def paper_settings(shots: int) -> ml_collections.ConfigDict:
     # "auto": "per_step_support" for mamlpp (MAML++), "transductive" (MAML's) otherwise;
     # or "per_step_running" or "none". README, "Batch norm", says what each means.
     c.model.bn_mode = "auto"
+    # What "auto" gives mamlpp: "per_step_support" (since 0.5) or "per_step_running" (the
+    # "auto" of runs saved before 0.5, which have no such field).
+    c.model.mamlpp_bn_mode = "per_step_support"
     # "float32", or "bfloat16": convs, matrix products and activations in bfloat16, the
     # parameters, batch-norm statistics, loss and updates float32 (README, "Compute dtype").
     c.model.compute_dtype = "float32"

@@ -282,7 +282,7 @@ LATER_FIELDS = {
 }
 LATER_CONV_FIELDS = {"bn_momentum": 0.1, "data_placement": "host"}
 LATER_MODEL_FIELDS = {"compute_dtype": "float32"}
-LATER_CONV_MODEL_FIELDS = {"bn_mode": "auto"}
+LATER_CONV_MODEL_FIELDS = {"bn_mode": "auto", "mamlpp_bn_mode": "per_step_running"}
 # Omniglot runs before the alphabet split had validation alphabets (0.3).
 LATER_OMNIGLOT_FIELDS = {"validation_alphabets": [], "num_validation_alphabets": 0}
 
@@ -298,6 +298,20 @@ def _with_later_fields(saved: dict) -> dict:
     if isinstance(saved.get("omniglot"), dict):
         out["omniglot"] = {**LATER_OMNIGLOT_FIELDS, **saved["omniglot"]}
     return out
+
+
+def _drop_unused_mamlpp_bn_mode(config: dict) -> dict:
+    """`config` without `model.mamlpp_bn_mode` where "auto" does not resolve through it.
+
+    The field only says what "auto" batch norm gives MAML++; for other runs it changes
+    nothing, so an older run without it resumes under a config that has it.
+    """
+    model = config.get("model")
+    if not isinstance(model, dict) or "mamlpp_bn_mode" not in model:
+        return config
+    if config.get("algorithm") == "mamlpp" and model.get("bn_mode") == "auto":
+        return config
+    return {**config, "model": {k: v for k, v in model.items() if k != "mamlpp_bn_mode"}}
 
 
 def check_run_format(saved: dict, workdir: str) -> None:
@@ -322,8 +336,8 @@ def check_resume_compatible(saved: dict, config: ml_collections.ConfigDict) -> N
     Raises:
         UserInputError: naming the fields that differ, if any would change the training.
     """
-    current = _with_later_fields(json.loads(config.to_json()))
-    saved = _with_later_fields(saved)
+    current = _drop_unused_mamlpp_bn_mode(_with_later_fields(json.loads(config.to_json())))
+    saved = _drop_unused_mamlpp_bn_mode(_with_later_fields(saved))
     resumable = RESUMABLE_CHANGES
     switches = {**MAMLPP_DEFAULTS, **config.get("mamlpp", {})}
     auto_mamlpp = config.algorithm == "mamlpp" and -1 in (

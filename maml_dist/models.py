@@ -73,17 +73,22 @@ def _normalise(x, mean, var, scale, offset, epsilon):
     return (x - mean) * jax.lax.rsqrt(var + epsilon) * scale + offset
 
 
-def resolve_bn_mode(name: str, algorithm: str) -> str:
+# What "auto" gives MAML++ where a config does not say (`model.mamlpp_bn_mode`): runs saved
+# before 0.5 have no such field, and their "auto" meant running statistics.
+OLD_MAMLPP_BN_MODE = "per_step_running"
+
+
+def resolve_bn_mode(name: str, algorithm: str, mamlpp_bn_mode: str = OLD_MAMLPP_BN_MODE) -> str:
     """The batch-norm mode to use: `name`, or for "auto" the algorithm's own.
 
-    "auto" is "per_step_support" for "mamlpp" (MAML++: per-step batch norm, queries
-    normalised with the support set's statistics, which trained better than running
-    statistics in every measurement; README, "MAML++ ablation") and "transductive"
-    (MAML's) for every other algorithm.
+    "auto" is `mamlpp_bn_mode` for "mamlpp" (the configs' is "per_step_support" since 0.5:
+    queries normalised with the support set's statistics, which trained better than
+    running statistics in every measurement; README, "MAML++ ablation") and
+    "transductive" (MAML's) for every other algorithm.
     """
     if name != "auto":
         return name
-    return "per_step_support" if algorithm == "mamlpp" else "transductive"
+    return mamlpp_bn_mode if algorithm == "mamlpp" else "transductive"
 
 
 def resolve_conv_impl(name: str, backend: str | None = None) -> str:

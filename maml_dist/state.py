@@ -55,7 +55,11 @@ def resolve_schedule(config: ml_collections.ConfigDict) -> str:
 def resolve_bn_mode(config: ml_collections.ConfigDict) -> str:
     """The batch-norm mode of the config's network ("transductive" where it has no field)."""
     model = config.get("model", {})
-    return models.resolve_bn_mode(model.get("bn_mode", "transductive"), config.algorithm)
+    return models.resolve_bn_mode(
+        model.get("bn_mode", "transductive"),
+        config.algorithm,
+        model.get("mamlpp_bn_mode", models.OLD_MAMLPP_BN_MODE),
+    )
 
 
 def meta_lr_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:

@@ -403,6 +403,18 @@ def test_resume_refuses_a_new_length_when_schedules_follow_it_and_accepts_older_
     old_conv["model"] = {k: v for k, v in conv["model"].items() if k != "bn_mode"}
     checks.check_resume_compatible(old_conv, omniglot_configs.get_config("tiny"))
     checks.check_resume_compatible(old_conv, ml_collections.ConfigDict(old_conv))
+    # A MAML++ run saved before 0.5 has no mamlpp_bn_mode: its "auto" stays running
+    # statistics, and it resumes under today's config once that is said.
+    new = omniglot_configs.get_config("tiny")
+    new.algorithm = "mamlpp"
+    pp = json.loads(new.to_json())
+    old_pp = {**pp, "model": {k: v for k, v in pp["model"].items() if k != "mamlpp_bn_mode"}}
+    assert state_lib.resolve_bn_mode(ml_collections.ConfigDict(old_pp)) == "per_step_running"
+    assert state_lib.resolve_bn_mode(new) == "per_step_support"
+    with pytest.raises(UserInputError, match="mamlpp_bn_mode"):
+        checks.check_resume_compatible(old_pp, new)
+    new.model.mamlpp_bn_mode = "per_step_running"
+    checks.check_resume_compatible(old_pp, new)
 
 
 @pytest.fixture(scope="module")

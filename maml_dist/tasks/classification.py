@@ -73,8 +73,15 @@ class ImageClassification:
         self.strides = config.model.get("strides", 2)
         self.pool = config.model.get("pool", False)
         # Runs written before batch-norm modes existed have no such field.
+        # Runs saved before 0.5 have no mamlpp_bn_mode: their "auto" was running statistics.
+        mamlpp_bn_mode = config.model.get("mamlpp_bn_mode", models.OLD_MAMLPP_BN_MODE)
+        if mamlpp_bn_mode not in models.PER_STEP_BN_MODES:
+            raise UserInputError(
+                f"config.model.mamlpp_bn_mode must be one of "
+                f"{', '.join(map(repr, models.PER_STEP_BN_MODES))}, got {mamlpp_bn_mode!r}"
+            )
         self.bn_mode = models.resolve_bn_mode(
-            config.model.get("bn_mode", "transductive"), config.algorithm
+            config.model.get("bn_mode", "transductive"), config.algorithm, mamlpp_bn_mode
         )
         self.bn_slots = config.inner_steps + 1
         # Runs written before compute dtypes existed computed in float32.
