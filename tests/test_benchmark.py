@@ -17,27 +17,27 @@ VERSIONS = ("python", "jax", "jaxlib", "flax", "optax", "maml_dist")
 PARTS = ("startup_s", "compile_s", "steps_s", "eval_s", "checkpoint_s", "shutdown_s")
 
 
-def test_quick_sinusoid_record_has_every_field(tmp_path):
+def _quick_benchmark(tmp_path, timeout: int, *flags: str) -> list[dict]:
+    """Runs `scripts/benchmark.py --quick FLAGS` on one CPU device; returns its records."""
     out = tmp_path / "bench.jsonl"
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)
     proc = subprocess.run(
-        [
-            sys.executable,
-            "scripts/benchmark.py",
-            "--quick",
-            "--settings=sinusoid_paper",
-            f"--out={out}",
-            f"--workdir_root={tmp_path / 'runs'}",
-        ],
+        [sys.executable, "scripts/benchmark.py", "--quick", *flags, f"--out={out}"],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=timeout,
         env=env,
         cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (record,) = [json.loads(line) for line in out.read_text().splitlines()]
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def test_quick_sinusoid_record_has_every_field(tmp_path):
+    (record,) = _quick_benchmark(
+        tmp_path, 240, "--settings=sinusoid_paper", f"--workdir_root={tmp_path / 'runs'}"
+    )
     assert record["error"] is None, record["error"]
     assert record["setting"] == "sinusoid_paper" and record["quick"] is True
     assert record["platform"] == "cpu" and isinstance(record["device_kind"], str)
@@ -84,26 +84,7 @@ def test_trainer_log_parts_add_up_and_a_missing_mark_fails():
 
 
 def test_quick_bare_loop_records_repeat_and_split_the_wall_time(tmp_path):
-    out = tmp_path / "bench.jsonl"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "scripts/benchmark.py",
-            "--quick",
-            "--settings=sinusoid_bare_loop",
-            "--repeat=2",
-            f"--out={out}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    records = [json.loads(line) for line in out.read_text().splitlines()]
+    records = _quick_benchmark(tmp_path, 120, "--settings=sinusoid_bare_loop", "--repeat=2")
     assert [r["repeat"] for r in records] == [0, 1]
     for record in records:
         assert record["error"] is None, record["error"]
