@@ -444,9 +444,8 @@ def test_resume_is_bit_identical_with_every_switch_on(bn_mode, omniglot_data, tm
     )
     assert state_lib.resolve_schedule(config) == "cosine"
     devices = jax.devices()[:4]  # the tiny meta-batch of 4
-    straight = trainer.train_and_evaluate(config, str(tmp_path / "straight"), devices)
-    # Interrupted after the step-3 checkpoint: the step-6 one is lost.
-    trainer.train_and_evaluate(config, str(tmp_path / "r"), devices)
+    straight = trainer.train_and_evaluate(config, str(tmp_path / "r"), devices)
+    # As if interrupted after the step-3 checkpoint: the step-6 one is lost.
     shutil.rmtree(tmp_path / "r" / "checkpoints" / "6")
     resumed = trainer.train_and_evaluate(config, str(tmp_path / "r"), devices)
     assert set(resumed.meta_params) == {"params", "inner_lr"}

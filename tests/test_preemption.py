@@ -129,7 +129,7 @@ def _free_port():
 
 
 def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path):
-    steps = 3000  # gloo across two processes: about 80 steps/s on this CPU
+    steps = 1500  # gloo across two processes: about 80 steps/s on this CPU
     workdir = tmp_path / "two"
 
     def start():
