@@ -37,10 +37,14 @@ def limit(config: ml_collections.ConfigDict) -> int:
 
 def all_finite(tree) -> jax.Array:
     """Whether every floating-point leaf of `tree` is finite (a boolean scalar)."""
-    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
-    # One reduction per leaf, then a tiny stack: never a norm, whose square could
-    # overflow to inf for finite but large values.
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+    groups: dict = {}
+    for x in jax.tree.leaves(tree):
+        if jnp.issubdtype(x.dtype, jnp.inexact):
+            groups.setdefault(jnp.dtype(x.dtype), []).append(jnp.ravel(x))
+    # One reduction over all leaves of a dtype, concatenated (XLA fuses the concatenation
+    # into it): one small kernel per leaf cost the sinusoid step a sixth of its time. Never
+    # a norm, whose square could overflow to inf for finite but large values.
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(jnp.concatenate(g))) for g in groups.values()]))
 
 
 def guard(old: TrainState, new: TrainState, finite: jax.Array, max_in_row: int) -> TrainState:

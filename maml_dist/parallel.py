@@ -166,39 +166,12 @@ def task_terms(
         `query_fn`'s metrics.
     """
     root = stream_key(spec.seed, TRAIN_STREAM)
-    params = meta_params["params"]
 
     def one(index_and_task):
         index, task = index_and_task
-        if task is None:
-            task = spec.sample_fn(task_key(root, step, index), data)
-            if data is not None:
-                # Episodes drawn from tables: without the barrier, training on 1 and 4
-                # devices differed in the last bits (tests/test_omniglot_train.py), as
-                # XLA fused the drawing into the adaptation differently for different
-                # tasks per device; "loop" + "ordered" promise bit-identity.
-                task = jax.lax.optimization_barrier(task)
+        task = _task(spec, root, step, index, task, data)
         grads, (after, scores_after) = spec.algorithm.task_grad(meta_params, task, step)
-
-        def before():
-            # Per-step batch norm: slot 0, and the support set "per_step_support" needs.
-            step_args = (0, task.support_x) if spec.algorithm.per_step else ()
-            return spec.query_fn(params, task.query_x, task.query_y, *step_args)
-
-        if isinstance(measure, bool) and measure:
-            loss_before, scores_before = before()
-        else:
-            # An unbatched predicate keeps this a real branch under vmap and lax.map.
-            # NaNs shaped (and device-varying) like `after`, as cond's branches must match.
-            def nans():
-                nan = jnp.full_like(after, jnp.nan)
-                return nan, {k: nan for k in scores_after}
-
-            loss_before, scores_before = jax.lax.cond(measure, before, nans)
-        metrics = {"meta_loss": after, "loss_before": loss_before}
-        metrics.update({f"{k}_after": v for k, v in scores_after.items()})
-        metrics.update({f"{k}_before": v for k, v in scores_before.items()})
-        return grads, metrics
+        return grads, _metrics(spec, meta_params, task, after, scores_after, measure)
 
     xs = (indices, tasks)
     if spec.batching == "loop":
@@ -207,6 +180,90 @@ def task_terms(
         outs = [one(jax.tree.map(lambda a, j=j: a[j], xs)) for j in range(indices.shape[0])]
         return jax.tree.map(lambda *a: jnp.stack(a), *outs)
     return jax.vmap(one)(xs)
+
+
+def _task(spec: MetaBatch, root, step, index, task: TaskBatch | None, data) -> TaskBatch:
+    """`task` when given, else task `index` of meta-step `step`, sampled here."""
+    if task is not None:
+        return task
+    task = spec.sample_fn(task_key(root, step, index), data)
+    if data is not None:
+        # Episodes drawn from tables: without the barrier, training on 1 and 4 devices
+        # differed in the last bits (tests/test_omniglot_train.py), as XLA fused the
+        # drawing into the adaptation differently for different tasks per device; "loop"
+        # + "ordered" promise bit-identity.
+        task = jax.lax.optimization_barrier(task)
+    return task
+
+
+def _metrics(spec: MetaBatch, meta_params, task, after, scores_after, measure) -> dict:
+    """One task's metrics: its query loss and scores after adaptation and before it."""
+
+    def before():
+        # Per-step batch norm: slot 0, and the support set "per_step_support" needs.
+        step_args = (0, task.support_x) if spec.algorithm.per_step else ()
+        return spec.query_fn(meta_params["params"], task.query_x, task.query_y, *step_args)
+
+    if isinstance(measure, bool) and measure:
+        loss_before, scores_before = before()
+    else:
+        # An unbatched predicate keeps this a real branch under vmap and lax.map.
+        # NaNs shaped (and device-varying) like `after`, as cond's branches must match.
+        def nans():
+            nan = jnp.full_like(after, jnp.nan)
+            return nan, {k: nan for k in scores_after}
+
+        loss_before, scores_before = jax.lax.cond(measure, before, nans)
+    metrics = {"meta_loss": after, "loss_before": loss_before}
+    metrics.update({f"{k}_after": v for k, v in scores_after.items()})
+    metrics.update({f"{k}_before": v for k, v in scores_before.items()})
+    return metrics
+
+
+def fuses_task_sum(spec: MetaBatch) -> bool:
+    """Whether the meta-step takes one gradient of the weighted meta-batch loss.
+
+    It does when the algorithm has a `meta_loss` and nothing needs per-task gradients:
+    tasks batched with vmap and summed ("sum", fused collectives). Per-task gradients of
+    shared weights are batched matrix products, one per task, and then a sum; one
+    gradient of the sum leaves XLA free to contract over the tasks inside the backward
+    products (README, "The trainer against a hand-written loop", has what it saves).
+    """
+    return (
+        spec.algorithm.meta_loss is not None
+        and spec.batching == "vmap"
+        and spec.reduction == "sum"
+        and spec.fuse_collectives
+    )
+
+
+def weighted_task_sum(
+    spec: MetaBatch, meta_params, step, indices, tasks=None, measure=True, data=None
+):
+    """`task_terms` weighted by `task_weights` and summed over the tasks, in one gradient.
+
+    The same sum `weighted_rows` gives (to rounding), for algorithms with a `meta_loss`:
+    the gradient of the weighted sum of the tasks' losses. Padded tasks (weight 0) enter
+    through `jnp.where`, so their values never reach the sum.
+
+    Returns:
+        `(grads, metrics)`: grads shaped like `meta_params`, metrics as in `task_terms`,
+        each summed over the tasks with their weights.
+    """
+    root = stream_key(spec.seed, TRAIN_STREAM)
+    weights = task_weights(indices, spec.meta_batch_size)
+    tasks = jax.vmap(lambda i, t: _task(spec, root, step, i, t, data))(indices, tasks)
+
+    def objective(meta_params):
+        after, scores = jax.vmap(lambda t: spec.algorithm.meta_loss(meta_params, t, step))(tasks)
+        return jnp.sum(jnp.where(weights > 0, weights * after, 0)), (after, scores)
+
+    (_, (after, scores_after)), grads = jax.value_and_grad(objective, has_aux=True)(meta_params)
+    metrics = jax.vmap(lambda t, a, s: _metrics(spec, meta_params, t, a, s, measure))(
+        tasks, after, scores_after
+    )
+    w = weights.astype(after.dtype)
+    return grads, jax.tree.map(lambda m: jnp.sum(jnp.where(w > 0, w * m, 0)), metrics)
 
 
 def weighted_rows(terms, weights: jax.Array) -> tuple[jax.Array, Callable]:
@@ -252,6 +309,10 @@ def make_meta_grad_fn(spec: MetaBatch, mesh: jax.sharding.Mesh) -> Callable:
         meta_params = jax.lax.pcast(meta_params, AXIS, to="varying")
         first = jax.lax.axis_index(AXIS) * layout.per_device
         indices = first + jnp.arange(layout.per_device)
+        if fuses_task_sum(spec):
+            sums = weighted_task_sum(spec, meta_params, step, indices, tasks, measure, data)
+            flat, unravel = ravel_pytree(sums)  # one collective for everything (trap 7)
+            return unravel(jax.lax.psum(flat, AXIS))
         terms = task_terms(spec, meta_params, step, indices, tasks, measure, data)
         rows, unravel = weighted_rows(terms, task_weights(indices, spec.meta_batch_size))
         if spec.reduction == "ordered":
@@ -267,15 +328,58 @@ def make_meta_grad_fn(spec: MetaBatch, mesh: jax.sharding.Mesh) -> Callable:
             return jax.tree.map(lambda x: jax.lax.psum(x, AXIS), unravel(jnp.sum(rows, axis=0)))
         return unravel(total)
 
-    host = spec.sample_fn is None  # tasks come from the host, split over the devices
-    in_specs = (P(), P(), P(), P(), P(AXIS)) if host else (P(), P(), P(), P())
-    sharded = jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=(P(), P()))
+    # Tasks handed in (sampled by the host, or ahead by `make_chunk_sampler`) arrive split
+    # over the devices; otherwise each device samples its own inside `task_terms`.
+    given = jax.shard_map(
+        body, mesh=mesh, in_specs=(P(), P(), P(), P(), P(AXIS)), out_specs=(P(), P())
+    )
+    own = jax.shard_map(body, mesh=mesh, in_specs=(P(), P(), P(), P()), out_specs=(P(), P()))
 
     def meta_grad_fn(meta_params, step, tasks=None, measure=True, data=None):
-        extra = (tasks,) if host else ()
-        return sharded(meta_params, step, jnp.asarray(measure), data, *extra)
+        if tasks is not None:
+            return given(meta_params, step, jnp.asarray(measure), data, tasks)
+        if spec.sample_fn is None:
+            raise ValueError("this meta-batch is sampled on the host: pass its tasks")
+        return own(meta_params, step, jnp.asarray(measure), data)
 
     return meta_grad_fn
+
+
+# A chunk's tasks are sampled ahead in one batched program when they take at most this
+# much memory per device (sinusoids: 2 MiB for 500 steps of 25 tasks); image episodes,
+# hundreds of KB a task, are drawn inside each step instead.
+PRESAMPLE_MAX_BYTES = 32 * 2**20
+
+
+def make_chunk_sampler(spec: MetaBatch, mesh: jax.sharding.Mesh) -> Callable:
+    """Returns `(steps, data) -> tasks`: every task of the meta-steps `steps`, sampled at once.
+
+    The tasks are those `task_terms` would draw inside each step (same keys: the seed's
+    training stream, the step, the global task index), stacked `(len(steps), padded
+    meta-batch, ...)` and split over the devices on axis 1, each device drawing its own.
+    Sampling a whole chunk in one batched program costs a fraction of sampling inside every
+    step, where each of the sampler's small PRNG kernels runs once per step (README,
+    "The trainer against a hand-written loop").
+    """
+    layout = TaskLayout(spec.meta_batch_size, mesh.shape[AXIS])
+    root = stream_key(spec.seed, TRAIN_STREAM)
+
+    def body(steps, data):
+        indices = jax.lax.axis_index(AXIS) * layout.per_device + jnp.arange(layout.per_device)
+
+        def one(step, index):
+            return spec.sample_fn(task_key(root, step, index), data)
+
+        return jax.vmap(lambda s: jax.vmap(lambda i: one(s, i))(indices))(steps)
+
+    return jax.shard_map(body, mesh=mesh, in_specs=(P(), P()), out_specs=P(None, AXIS))
+
+
+def chunk_task_bytes(spec: MetaBatch, num_steps: int, num_devices: int, data=None) -> int:
+    """Bytes per device of `num_steps` steps' tasks sampled ahead (`make_chunk_sampler`)."""
+    shapes = jax.eval_shape(lambda key: spec.sample_fn(key, data), jax.random.key(0))
+    per_task = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(shapes))
+    return per_task * num_steps * TaskLayout(spec.meta_batch_size, num_devices).per_device
 
 
 def reference_meta_grads(
@@ -349,7 +453,7 @@ def make_multi_step_over(train_step: Callable) -> Callable:
     return run
 
 
-def make_multi_step(train_step: Callable) -> Callable:
+def make_multi_step(train_step: Callable, sampler: Callable | None = None) -> Callable:
     """Returns jitted `(state, n[, data]) -> (state, metrics stacked over n steps)`.
 
     `data` is what device-sampled tasks are drawn from (`task_terms`), an argument rather
@@ -359,11 +463,17 @@ def make_multi_step(train_step: Callable) -> Callable:
     Running n steps in one executable (a `lax.scan`) removes n - 1 dispatches and keeps
     only one executable in flight per chunk (README trap 2). The state is donated. The
     metrics of every step but the last hold NaN before-adaptation values (`_last_only`).
+
+    With `sampler` (`make_chunk_sampler`), the chunk's tasks are sampled first, all at
+    once, and the steps scan over them; without, each step samples its own.
     """
 
     @functools.partial(jax.jit, static_argnums=1, donate_argnums=0)
     def run(state, n: int, data=None):
-        return jax.lax.scan(lambda s, m: train_step(s, None, m, data), state, _last_only(n))
+        if sampler is None:
+            return jax.lax.scan(lambda s, m: train_step(s, None, m, data), state, _last_only(n))
+        batches = sampler(state.step + jnp.arange(n), data)
+        return jax.lax.scan(lambda s, xs: train_step(s, *xs, data), state, (batches, _last_only(n)))
 
     return run
 

@@ -150,7 +150,8 @@ def _train(config, workdir, problem, split_record, mesh, tx, schedule, ckpt, sta
     writer = MetricWriter(workdir, is_main, resume_step=step)
     monitor = Monitor(config, problem, replicated)
 
-    meta_grad_fn = parallel.make_meta_grad_fn(parallel.meta_batch_spec(config, problem), mesh)
+    spec = parallel.meta_batch_spec(config, problem)
+    meta_grad_fn = parallel.make_meta_grad_fn(spec, mesh)
     train_step = parallel.make_train_step(meta_grad_fn, tx, nonfinite.limit(config))
     layout = parallel.TaskLayout(config.meta_batch_size, mesh.shape[parallel.AXIS])
     feed = None
@@ -162,7 +163,7 @@ def _train(config, workdir, problem, split_record, mesh, tx, schedule, ckpt, sta
         feed = HostFeed(sampler, config.seed, mesh, layout.per_device, bounds, workers=workers)
         run = parallel.make_multi_step_over(train_step)
     else:
-        run = parallel.make_multi_step(train_step)
+        run = parallel.make_multi_step(train_step, _chunk_sampler(config, problem, spec, mesh))
         if problem.device_episodes is not None:
             tables = parallel.put_replicated(problem.device_episodes.tables, mesh)
             logging.info(
@@ -212,6 +213,21 @@ def _train(config, workdir, problem, split_record, mesh, tx, schedule, ckpt, sta
         if feed is not None:
             feed.close()
     return state
+
+
+def _chunk_sampler(config, problem, spec, mesh):
+    """`parallel.make_chunk_sampler`'s sampler where a chunk's tasks are small, else None.
+
+    Families that draw from tables (image episodes) sample inside each step: their tasks
+    are large and their steps long, so sampling ahead would cost memory and save little.
+    """
+    if problem.device_episodes is not None:
+        return None
+    # A chunk never holds more than log_every steps (`chunk_end`).
+    size = parallel.chunk_task_bytes(spec, config.log_every, mesh.shape[parallel.AXIS])
+    if size > parallel.PRESAMPLE_MAX_BYTES:
+        return None
+    return parallel.make_chunk_sampler(spec, mesh)
 
 
 def _hparams(config: ml_collections.ConfigDict) -> dict:

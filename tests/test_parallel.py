@@ -213,3 +213,66 @@ def test_multi_step_over_host_batches_equals_device_sampling():
     )
     _, host_metrics = host(fresh(), batches)
     chex.assert_trees_all_close(host_metrics, device_metrics, rtol=1e-5, atol=1e-6)
+
+
+def test_the_meta_batch_loss_is_differentiated_once_where_the_algorithm_allows():
+    spec, _ = _spec(8)
+    assert parallel.fuses_task_sum(spec)  # MAML, vmap, sum: one gradient of the sum
+    for change in (
+        {"batching": "loop"},
+        {"reduction": "ordered"},
+        {"fuse_collectives": False},
+        {"algorithm": spec.algorithm._replace(meta_loss=None)},  # iMAML, Reptile
+    ):
+        assert not parallel.fuses_task_sum(dataclasses.replace(spec, **change))
+    # A padded task whose loss is NaN reaches neither the gradient nor the metrics.
+    poisoned = spec.algorithm.meta_loss
+
+    def meta_loss(meta_params, task, step):
+        loss, scores = poisoned(meta_params, task, step)
+        return jnp.where(task.support_x[0, 0] == 123.0, jnp.nan, loss), scores
+
+    spec = dataclasses.replace(spec, algorithm=spec.algorithm._replace(meta_loss=meta_loss))
+    params = jax.tree.map(jnp.asarray, _spec(8)[1])
+    tasks = jax.tree.map(jnp.asarray, _host_tasks(spec, 10))
+    tasks = tasks.replace(support_x=tasks.support_x.at[9, 0, 0].set(123.0))
+    grads, metrics = jax.jit(
+        lambda p, t: parallel.weighted_task_sum(spec, p, STEP, jnp.arange(10), t)
+    )(params, tasks)
+    host_spec = dataclasses.replace(spec, sample_fn=None)
+    reference = parallel.reference_meta_grads(host_spec, params, STEP, tasks)
+    chex.assert_trees_all_close((grads, metrics), reference, rtol=RTOL, atol=ATOL)
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves((grads, metrics)))
+
+
+@pytest.mark.parametrize("num_devices", [1, 4])
+def test_a_chunk_sampled_ahead_holds_the_tasks_each_step_would_draw(num_devices):
+    spec, _ = _spec(10)  # padded to 12 on 4 devices
+    mesh = parallel.make_mesh(jax.devices()[:num_devices])
+    layout = parallel.TaskLayout(10, num_devices)
+    steps = jnp.arange(3) + STEP
+    ahead = jax.jit(parallel.make_chunk_sampler(spec, mesh))(steps, None)
+    root = stream_key(spec.seed, TRAIN_STREAM)
+    each = jax.vmap(
+        lambda s: jax.vmap(lambda i: spec.sample_fn(task_key(root, s, i), None))(
+            jnp.arange(layout.padded_size)
+        )
+    )(steps)
+    chex.assert_trees_all_equal(jax.device_get(ahead), jax.device_get(each))
+    assert parallel.chunk_task_bytes(spec, 3, num_devices) == sum(
+        a.nbytes // num_devices for a in jax.tree.leaves(jax.device_get(each))
+    )
+    # Training on them is training on the tasks each step samples (to rounding: XLA
+    # fuses the sampling into the step differently).
+    config = tiny_config(meta_batch_size=10, pad_meta_batch=True)
+    problem = make_problem(config)
+    tx, _ = state_lib.make_meta_optimizer(config)
+    rep = parallel.replicated(mesh)
+    step = parallel.make_train_step(parallel.make_meta_grad_fn(spec, mesh), tx)
+    results = []
+    for sampler in (None, parallel.make_chunk_sampler(spec, mesh)):
+        state = state_lib.init_state(
+            problem.model, problem.family.example_input(), tx, 0, problem.algorithm, rep
+        )
+        results.append(parallel.make_multi_step(step, sampler)(state, 3))
+    chex.assert_trees_all_close(*results, rtol=RTOL, atol=ATOL)

@@ -15,6 +15,11 @@ know which algorithm it holds.
 - `adapt(meta_params, x, y, num_steps) -> params`: `num_steps` inner steps from the
   meta-learned initialisation: what the trainer's validation, the evaluator and a notebook
   use at meta-test time.
+- `meta_loss(meta_params, task, step) -> (loss, metrics)` (optional): the task's query loss
+  after adaptation as a differentiable function of `meta_params`, where the algorithm's
+  outer gradient is its gradient (MAML, first-order MAML). The meta-step then takes one
+  gradient of the meta-batch's weighted loss instead of summing per-task gradients, which
+  lets XLA fold the sum over tasks into the backward pass's matrix products.
 - `per_step`: whether the network's outputs depend on how many inner steps its parameters
   have had (MAML++'s per-step batch norm); evaluation then calls each metric as
   `metric(params, x, y, step, context)`, `context` the task's support images (which
@@ -47,6 +52,9 @@ class Algorithm(NamedTuple):
         inner_step: `(meta_params, params, x, y, j) -> params`, one meta-test inner step.
         adapt: `(meta_params, x, y, num_steps) -> params`.
         per_step: metrics take the parameters' inner-step count as a 4th argument.
+        meta_loss: `(meta_params, task, step) -> (query_loss, query_metrics)` whose
+            gradient is `task_grad`'s, or None where the outer gradient is not one
+            (iMAML, Reptile).
     """
 
     name: str
@@ -55,6 +63,7 @@ class Algorithm(NamedTuple):
     inner_step: Callable[[MetaParams, Params, jax.Array, jax.Array, Any], Params]
     adapt: Callable[[MetaParams, jax.Array, jax.Array, int], Params]
     per_step: bool = False
+    meta_loss: Callable[[MetaParams, TaskBatch, Any], tuple[jax.Array, dict]] | None = None
 
 
 class StepNet(NamedTuple):

@@ -47,15 +47,16 @@ def make(loss_fn: LossFn, inner: InnerConfig, query_fn: QueryFn | None = None) -
     """
     query_fn = query_fn or loss_query_fn(loss_fn)
 
-    def task_grad(meta_params, task: TaskBatch, step):
+    def meta_loss(meta_params, task: TaskBatch, step):
         del step  # MAML's objective does not change with the meta-step
+        adapted = inner_loop(loss_fn, meta_params["params"], task.support_x, task.support_y, inner)
+        return query_fn(adapted, task.query_x, task.query_y)
 
-        def objective(params):
-            adapted = inner_loop(loss_fn, params, task.support_x, task.support_y, inner)
-            return query_fn(adapted, task.query_x, task.query_y)
-
-        (loss, metrics), grads = jax.value_and_grad(objective, has_aux=True)(meta_params["params"])
-        return {"params": grads}, (loss, metrics)
+    def task_grad(meta_params, task: TaskBatch, step):
+        (loss, metrics), grads = jax.value_and_grad(meta_loss, has_aux=True)(
+            meta_params, task, step
+        )
+        return grads, (loss, metrics)
 
     def inner_step(meta_params, params, x, y, j):
         del meta_params, j
@@ -63,7 +64,12 @@ def make(loss_fn: LossFn, inner: InnerConfig, query_fn: QueryFn | None = None) -
 
     name = "fomaml" if inner.first_order else "maml"
     return Algorithm(
-        name, lambda params: {"params": params}, task_grad, inner_step, make_adapt(inner_step)
+        name,
+        lambda params: {"params": params},
+        task_grad,
+        inner_step,
+        make_adapt(inner_step),
+        meta_loss=meta_loss,
     )
 
 
