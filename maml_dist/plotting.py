@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
-import matplotlib
+import functools
 
-matplotlib.use("Agg")  # headless: no display on servers or CI
-
-import matplotlib.pyplot as plt
 import numpy as np
+
+
+@functools.cache
+def _pyplot():
+    """`matplotlib.pyplot`, imported on first use.
+
+    Importing it takes about 0.3 s, a tenth of the sinusoid trainer's start-up, and the
+    trainer draws nothing before its first validation.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: no display on servers or CI
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _to_rgb(fig) -> np.ndarray:
     fig.canvas.draw()
     image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(fig)
+    _pyplot().close(fig)
     return image
 
 
@@ -27,7 +39,7 @@ def _draw_fit(ax, x, y_true, support_x, support_y, before, after, steps: int) ->
 
 def adaptation_image(x, y_true, support_x, support_y, before, after, steps: int) -> np.ndarray:
     """Paper-style figure of one task as an (H, W, 3) uint8 image for TensorBoard."""
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=80)
+    fig, ax = _pyplot().subplots(figsize=(5, 3.5), dpi=80)
     _draw_fit(ax, x, y_true, support_x, support_y, before, after, steps)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
@@ -36,7 +48,7 @@ def adaptation_image(x, y_true, support_x, support_y, before, after, steps: int)
 
 def save_curves(path: str, results: list[dict], metric: str) -> None:
     """Saves metric (mean with 95% CI band) against inner steps, one line per shot count."""
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
+    fig, ax = _pyplot().subplots(figsize=(5, 3.5), dpi=100)
     any_positive = False
     for r in results:
         # null (non-finite) entries become nan: matplotlib leaves a gap there.
@@ -53,7 +65,7 @@ def save_curves(path: str, results: list[dict], metric: str) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
+    _pyplot().close(fig)
 
 
 def save_comparison(path: str, names: list[str], results: list[list[dict]], metric: str) -> None:
@@ -66,7 +78,7 @@ def save_comparison(path: str, names: list[str], results: list[list[dict]], metr
         metric: the metric's name (a log axis for "mse").
     """
     panels = len(results[0])
-    fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.5), dpi=100, squeeze=False)
+    fig, axes = _pyplot().subplots(1, panels, figsize=(4.5 * panels, 3.5), dpi=100, squeeze=False)
     for j, ax in enumerate(axes[0]):
         any_positive = False
         for name, run in zip(names, results, strict=True):
@@ -86,19 +98,19 @@ def save_comparison(path: str, names: list[str], results: list[list[dict]], metr
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
+    _pyplot().close(fig)
 
 
 def save_example_fits(path: str, examples: list[dict]) -> None:
     """Saves a row of example fits; each example holds the `_draw_fit` arrays."""
-    fig, axes = plt.subplots(1, len(examples), figsize=(4 * len(examples), 3.2), dpi=100)
+    fig, axes = _pyplot().subplots(1, len(examples), figsize=(4 * len(examples), 3.2), dpi=100)
     for ax, ex in zip(np.atleast_1d(axes), examples, strict=True):
         _draw_fit(ax, **ex)
         ax.set_title(f"K={len(ex['support_x'])}")
     np.atleast_1d(axes)[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
+    _pyplot().close(fig)
 
 
 def episode_image(
@@ -144,7 +156,7 @@ def episode_image(
             put(c, shots + 1 + j, query_x[i], bool(predicted[i] == c))
             labels.append((c, shots + 1 + j, int(predicted[i])))
     scale = 0.02
-    fig, ax = plt.subplots(figsize=(columns * cell * scale + 0.6, ways * cell * scale + 0.5))
+    fig, ax = _pyplot().subplots(figsize=(columns * cell * scale + 0.6, ways * cell * scale + 0.5))
     ax.imshow(canvas, interpolation="nearest")
     for row, col, label in labels:
         ax.text(
