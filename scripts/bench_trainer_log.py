@@ -28,6 +28,8 @@ LINE = re.compile(r"^[IWEF](\d\d)(\d\d) (\d\d):(\d\d):(\d\d)\.(\d{6}) +\d+ [^\]]
 COMPILE_START = "compiling the meta-step..."
 XLA_DONE = re.compile(r"Finished XLA compilation of (\S+) in ([\d.e-]+) sec")
 CACHE_HIT = "Persistent compilation cache hit"
+# How JAX names the meta-step's program in its compile and cache-hit lines.
+STEP_PROGRAM, STEP_CACHE_KEY = "jit(run)", "'jit_run'"
 EVAL = re.compile(r"validated at step \d+ in ([\d.]+) s")
 CKPT = re.compile(r"checkpoint of step \d+ started in ([\d.]+) s")
 CKPT_WAIT = re.compile(r"checkpoint writes finished after ([\d.]+) s more")
@@ -68,9 +70,9 @@ def parts(text: str, started: float, wall_s: float) -> dict:
     if not log:
         raise ValueError("no absl log lines")
     begin = _first(log, lambda m: m == COMPILE_START, "the compile start")
-    # The first XLA compile after the compile start is the meta-step's (the log names it
-    # by its jitted function, which is the trainer's business).
-    done = _first(log[begin:], lambda m: XLA_DONE.match(m) is not None, "the compile end")
+    # The meta-step's program is the trainer's jitted `run` (`parallel.make_multi_step`);
+    # since 0.6 the validation programs compile beside it, in another thread.
+    done = _first(log[begin:], _is_step_compile, "the compile end")
     done += begin
     wait = _first(log, lambda m: CKPT_WAIT.match(m) is not None, "the final checkpoint wait")
     t_compile, t_compiled, t_waited = log[begin][0], log[done][0], log[wait][0]
@@ -86,13 +88,20 @@ def parts(text: str, started: float, wall_s: float) -> dict:
         "eval_s": sum(evals),
         "checkpoint_s": sum(saves) + wait_s,
         "shutdown_s": started + wall_s - t_waited,
-        "compile_cache_hit": any(CACHE_HIT in msg for _, msg in log[begin:done]),
+        "compile_cache_hit": any(
+            CACHE_HIT in msg and STEP_CACHE_KEY in msg for _, msg in log[begin:done]
+        ),
         "xla_compile_s_total": sum(
             float(m.group(2)) for _, msg in log if (m := XLA_DONE.match(msg))
         ),
         "evals": len(evals),
         "checkpoints": len(saves),
     }
+
+
+def _is_step_compile(msg: str) -> bool:
+    m = XLA_DONE.match(msg)
+    return m is not None and m.group(1) == STEP_PROGRAM
 
 
 def _first(log, match, what: str) -> int:

@@ -66,6 +66,8 @@ def test_trainer_log_parts_add_up_and_a_missing_mark_fails():
     text = _log(
         (0.5, "JAX 0.10.2, process 0 of 1"),
         (2.0, "compiling the meta-step..."),
+        # The validation programs compile beside the meta-step, in another thread.
+        (3.0, "Finished XLA compilation of jit(sample) in 0.5 sec"),
         (5.0, "Finished XLA compilation of jit(run) in 2.5 sec"),
         (6.0, "validated at step 5 in 0.750 s"),
         (7.0, "checkpoint of step 5 started in 0.250 s"),
