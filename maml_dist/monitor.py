@@ -35,11 +35,14 @@ class Monitor:
 
     def scalars(self, meta_params) -> dict[str, float]:
         """Mean validation metric (and loss, if it differs) after 0..eval_inner_steps steps."""
-        p = self.problem
-        names = (p.family.metric,) if p.score_is_loss else (p.family.metric, "loss")
-        metrics = (p.score_fn,) if p.score_is_loss else (p.score_fn, p.loss_fn)
+        names, metrics = self._metrics()
         curves = meta_test.adaptation_curves(
-            p.algorithm, meta_params, self.tasks, self.steps, metrics, batching=self.batching
+            self.problem.algorithm,
+            meta_params,
+            self.tasks,
+            self.steps,
+            metrics,
+            batching=self.batching,
         )
         mean = curves.mean(axis=0)
         return {
@@ -47,6 +50,29 @@ class Monitor:
             for j, name in enumerate(names)
             for k, v in enumerate(mean[:, j])
         }
+
+    def warm_up(self, meta_params, render: bool = True) -> None:
+        """Compiles what `scalars` and `image` run, scoring one chunk of the tasks only.
+
+        Every chunk of `scalars` runs one program, so one chunk compiles it at a tenth of
+        a validation's compute (100 tasks, 10 per chunk on one CPU device); `render`
+        draws the figure once too (importing matplotlib).
+        """
+        devices = len(jax.tree.leaves(meta_params)[0].sharding.device_set)
+        first = min(self.tasks.support_x.shape[0], meta_test.default_chunk(devices))
+        some = jax.tree.map(lambda a: a[:first], self.tasks)
+        _, metrics = self._metrics()
+        meta_test.adaptation_curves(
+            self.problem.algorithm, meta_params, some, self.steps, metrics, batching=self.batching
+        )
+        self.image(meta_params, render=render)
+
+    def _metrics(self) -> tuple[tuple[str, ...], tuple]:
+        """Names and functions of the scored metrics: the family's, and the loss if it differs."""
+        p = self.problem
+        if p.score_is_loss:
+            return (p.family.metric,), (p.score_fn,)
+        return (p.family.metric, "loss"), (p.score_fn, p.loss_fn)
 
     def image(self, meta_params, render: bool = True) -> np.ndarray | None:
         """The picture of one validation task before and after `inner_steps` steps.

@@ -224,8 +224,9 @@ def _start_monitor(config, problem, replicated, meta_params, render: bool) -> Fu
     Building it samples the fixed validation tasks, and its first use compiles the
     validation programs: about 1.5 s of the sinusoid paper run (README, "The trainer
     against a hand-written loop") that a thread does beside the meta-step's compile, which
-    keeps one core busy. The thread validates a copy of the initial meta-parameters once
-    to compile those programs (the state's own are donated to the first chunk).
+    keeps one core busy. The thread scores a copy of the initial meta-parameters on one
+    chunk of the tasks to compile those programs (the state's own are donated to the
+    first chunk).
 
     With several processes it is built here, in order: its programs run over the global
     mesh, and every process must start them in the same order as its training steps.
@@ -238,8 +239,7 @@ def _start_monitor(config, problem, replicated, meta_params, render: bool) -> Fu
 
     def build() -> Monitor:
         monitor = Monitor(config, problem, replicated)
-        monitor.scalars(params)
-        monitor.image(params, render=render)
+        monitor.warm_up(params, render=render)
         return monitor
 
     pool = ThreadPoolExecutor(1, thread_name_prefix="monitor")
