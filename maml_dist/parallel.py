@@ -220,11 +220,14 @@ def _metrics(spec: MetaBatch, meta_params, task, after, scores_after, measure) -
     return metrics
 
 
-def fuses_task_sum(spec: MetaBatch) -> bool:
+def fuses_task_sum(spec: MetaBatch, layout: TaskLayout) -> bool:
     """Whether the meta-step takes one gradient of the weighted meta-batch loss.
 
-    It does when the algorithm has a `meta_loss` and nothing needs per-task gradients:
-    tasks batched with vmap and summed ("sum", fused collectives). Per-task gradients of
+    It does when the algorithm has a `meta_loss`, nothing needs per-task gradients (tasks
+    batched with vmap and summed: "sum", fused collectives) and `layout` pads no task. A
+    padded task's loss is masked out of the sum, but its backward pass still runs with a
+    zero cotangent, and 0 * inf from a diverged padded task would be NaN in the shared
+    gradient; per-task gradients mask the padded rows after differentiation. Per-task gradients of
     shared weights are batched matrix products, one per task, and then a sum; one
     gradient of the sum leaves XLA free to contract over the tasks inside the backward
     products (README, "The trainer against a hand-written loop", has what it saves).
@@ -234,6 +237,7 @@ def fuses_task_sum(spec: MetaBatch) -> bool:
         and spec.batching == "vmap"
         and spec.reduction == "sum"
         and spec.fuse_collectives
+        and layout.padded_size == spec.meta_batch_size
     )
 
 
@@ -243,8 +247,9 @@ def weighted_task_sum(
     """`task_terms` weighted by `task_weights` and summed over the tasks, in one gradient.
 
     The same sum `weighted_rows` gives (to rounding), for algorithms with a `meta_loss`:
-    the gradient of the weighted sum of the tasks' losses. Padded tasks (weight 0) enter
-    through `jnp.where`, so their values never reach the sum.
+    the gradient of the weighted sum of the tasks' losses. Only for meta-batches without
+    padded tasks (`fuses_task_sum`); the `jnp.where` keeps a padded task's value out of
+    the sum, not its backward pass.
 
     Returns:
         `(grads, metrics)`: grads shaped like `meta_params`, metrics as in `task_terms`,
@@ -309,7 +314,7 @@ def make_meta_grad_fn(spec: MetaBatch, mesh: jax.sharding.Mesh) -> Callable:
         meta_params = jax.lax.pcast(meta_params, AXIS, to="varying")
         first = jax.lax.axis_index(AXIS) * layout.per_device
         indices = first + jnp.arange(layout.per_device)
-        if fuses_task_sum(spec):
+        if fuses_task_sum(spec, layout):
             sums = weighted_task_sum(spec, meta_params, step, indices, tasks, measure, data)
             flat, unravel = ravel_pytree(sums)  # one collective for everything (trap 7)
             return unravel(jax.lax.psum(flat, AXIS))
@@ -345,8 +350,8 @@ def make_meta_grad_fn(spec: MetaBatch, mesh: jax.sharding.Mesh) -> Callable:
     return meta_grad_fn
 
 
-# A chunk's tasks are sampled ahead in one batched program when they take at most this
-# much memory per device (sinusoids: 2 MiB for 500 steps of 25 tasks); image episodes,
+# A chunk's tasks are sampled ahead in one batched program when the whole meta-batch's
+# take at most this much memory (sinusoids: 2 MiB for 500 steps of 25 tasks); image episodes,
 # hundreds of KB a task, are drawn inside each step instead.
 PRESAMPLE_MAX_BYTES = 32 * 2**20
 
@@ -375,8 +380,11 @@ def make_chunk_sampler(spec: MetaBatch, mesh: jax.sharding.Mesh) -> Callable:
     return jax.shard_map(body, mesh=mesh, in_specs=(P(), P()), out_specs=P(None, AXIS))
 
 
-def chunk_task_bytes(spec: MetaBatch, num_steps: int, num_devices: int, data=None) -> int:
-    """Bytes per device of `num_steps` steps' tasks sampled ahead (`make_chunk_sampler`)."""
+def chunk_task_bytes(spec: MetaBatch, num_steps: int, num_devices: int = 1, data=None) -> int:
+    """Bytes per device of `num_steps` steps' tasks sampled ahead (`make_chunk_sampler`).
+
+    With the default one device: the whole meta-batch's, the same for any device count.
+    """
     shapes = jax.eval_shape(lambda key: spec.sample_fn(key, data), jax.random.key(0))
     per_task = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(shapes))
     return per_task * num_steps * TaskLayout(spec.meta_batch_size, num_devices).per_device

@@ -192,7 +192,6 @@ def _train(config, workdir, problem, split_record, mesh, tx, schedule, ckpt, sta
             state, last_eval = _loop(
                 config, state, step, run, feed, clock, writer, schedule, ckpt, monitor, preemption
             )
-        monitor.result()  # a failure to build it is raised even if no validation ran
         started = time.perf_counter()
         ckpt.close()  # orbax writes in the background; this waits for the last write
         logging.info("checkpoint writes finished after %.3f s more", time.perf_counter() - started)
@@ -208,6 +207,8 @@ def _train(config, workdir, problem, split_record, mesh, tx, schedule, ckpt, sta
             # TensorBoard's HParams view compares runs by their config and final validation.
             writer.write_hparams(_hparams(config), last_eval, step=step)
         writer.close()
+        # Raises a failure to build it where no chunk ran (a finished run resumed).
+        monitor.result()
     except (nonfinite.NonFiniteError, storage.WriteError):
         # Finished saves stay; the records of the good chunks are flushed.
         _close_after_stop(ckpt, writer)
@@ -228,10 +229,13 @@ def _start_monitor(config, problem, replicated, meta_params, render: bool) -> Fu
     chunk of the tasks to compile those programs (the state's own are donated to the
     first chunk).
 
-    With several processes it is built here, in order: its programs run over the global
-    mesh, and every process must start them in the same order as its training steps.
+    It is built here, in order, with several processes or several accelerators: its
+    programs run over the mesh, and collectives of two programs running at once could be
+    ordered differently on different devices. JAX settings a caller scoped to its own
+    thread (`jax.enable_x64`, ...) do not reach the thread; the trainer sets none.
     """
-    if jax.process_count() > 1:
+    num_devices = len(replicated.mesh.devices.flat)
+    if jax.process_count() > 1 or (jax.default_backend() != "cpu" and num_devices > 1):
         done = Future()
         done.set_result(Monitor(config, problem, replicated))
         return done
@@ -256,9 +260,10 @@ def _chunk_sampler(config, problem, spec, mesh):
     """
     if problem.device_episodes is not None:
         return None
-    # A chunk never holds more than log_every steps (`chunk_end`).
-    size = parallel.chunk_task_bytes(spec, config.log_every, mesh.shape[parallel.AXIS])
-    if size > parallel.PRESAMPLE_MAX_BYTES:
+    # A chunk never holds more than log_every steps (`chunk_end`). The whole meta-batch's
+    # size decides, not a device's share: sampling ahead changes the rounding, and the
+    # same run must make the same choice on any device count ("loop" + "ordered").
+    if parallel.chunk_task_bytes(spec, config.log_every) > parallel.PRESAMPLE_MAX_BYTES:
         return None
     return parallel.make_chunk_sampler(spec, mesh)
 
@@ -316,6 +321,9 @@ def _loop(config, state, step, run, feed, clock, writer, schedule, ckpt, monitor
                 time.perf_counter() - started,
             )
             first = False
+            # The validation is built by now (it was built beside the compile); a failure
+            # there stops the run here, not at the first validation.
+            monitor.result()
         if pending is not None:
             # Blocks on the previous chunk only: at most two chunks are ever in flight
             # (README trap 2), and the host logs while the device computes.

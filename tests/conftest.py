@@ -15,6 +15,8 @@ CONFIGS = ROOT / "configs"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import atexit  # noqa: E402
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
 from maml_dist import compile_cache  # noqa: E402
@@ -25,5 +27,6 @@ from maml_dist import compile_cache  # noqa: E402
 # much faster than compiling it (the suite took 1,167 s without, on 2 cores). A cache of
 # its own per worker, not the user's, keeps the tests independent of earlier runs.
 _CACHE = tempfile.mkdtemp(prefix="maml_dist_test_xla_cache_")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
 compile_cache.enable(_CACHE)

@@ -216,33 +216,40 @@ def test_multi_step_over_host_batches_equals_device_sampling():
 
 
 def test_the_meta_batch_loss_is_differentiated_once_where_the_algorithm_allows():
-    spec, _ = _spec(8)
-    assert parallel.fuses_task_sum(spec)  # MAML, vmap, sum: one gradient of the sum
+    spec, _ = _spec(24)
+    layout = parallel.TaskLayout(24, 8)
+    assert parallel.fuses_task_sum(spec, layout)  # MAML, vmap, sum: one gradient of the sum
     for change in (
         {"batching": "loop"},
         {"reduction": "ordered"},
         {"fuse_collectives": False},
         {"algorithm": spec.algorithm._replace(meta_loss=None)},  # iMAML, Reptile
     ):
-        assert not parallel.fuses_task_sum(dataclasses.replace(spec, **change))
-    # A padded task whose loss is NaN reaches neither the gradient nor the metrics.
-    poisoned = spec.algorithm.meta_loss
+        assert not parallel.fuses_task_sum(dataclasses.replace(spec, **change), layout)
+    # Padding: a padded task's backward pass would still run in one gradient of the sum.
+    assert not parallel.fuses_task_sum(spec, parallel.TaskLayout(24, 5))
 
-    def meta_loss(meta_params, task, step):
-        loss, scores = poisoned(meta_params, task, step)
-        return jnp.where(task.support_x[0, 0] == 123.0, jnp.nan, loss), scores
 
-    spec = dataclasses.replace(spec, algorithm=spec.algorithm._replace(meta_loss=meta_loss))
-    params = jax.tree.map(jnp.asarray, _spec(8)[1])
-    tasks = jax.tree.map(jnp.asarray, _host_tasks(spec, 10))
-    tasks = tasks.replace(support_x=tasks.support_x.at[9, 0, 0].set(123.0))
-    grads, metrics = jax.jit(
-        lambda p, t: parallel.weighted_task_sum(spec, p, STEP, jnp.arange(10), t)
-    )(params, tasks)
+def test_a_diverged_padded_task_reaches_neither_gradient_nor_metrics():
+    spec, params = _spec(25, pad_meta_batch=True)
+    tasks = jax.tree.map(jnp.asarray, _host_tasks(spec, 32))  # 25 on 8 devices: 7 padded
+    tasks = tasks.replace(support_y=tasks.support_y.at[30].set(jnp.inf))
     host_spec = dataclasses.replace(spec, sample_fn=None)
-    reference = parallel.reference_meta_grads(host_spec, params, STEP, tasks)
-    chex.assert_trees_all_close((grads, metrics), reference, rtol=RTOL, atol=ATOL)
-    assert all(np.isfinite(x).all() for x in jax.tree.leaves((grads, metrics)))
+    reference = jax.jit(lambda p, t: parallel.reference_meta_grads(host_spec, p, STEP, t))(
+        params, jax.tree.map(lambda a: a[:25], tasks)
+    )
+    mesh = parallel.make_mesh(jax.devices())
+    rep = parallel.replicated(mesh)
+    sharded = jax.device_put(tasks, jax.sharding.NamedSharding(mesh, P("tasks")))
+    fn = jax.jit(parallel.make_meta_grad_fn(host_spec, mesh))
+    result = fn(jax.device_put(params, rep), jax.device_put(jnp.int32(STEP), rep), sharded)
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(result))
+    chex.assert_trees_all_close(result, reference, rtol=RTOL, atol=ATOL)
+    # One gradient of the sum over these tasks would not be finite: why padding rules it out.
+    grads, _ = jax.jit(
+        lambda p, t: parallel.weighted_task_sum(host_spec, p, STEP, jnp.arange(32), t)
+    )(params, tasks)
+    assert not all(np.isfinite(x).all() for x in jax.tree.leaves(grads))
 
 
 @pytest.mark.parametrize("num_devices", [1, 4])
