@@ -182,6 +182,12 @@ def task_terms(
     return jax.vmap(one)(xs)
 
 
+def _device_tasks(layout: TaskLayout) -> tuple[jax.Array, jax.Array]:
+    """Inside `shard_map`: this device's first global task index, and all of its indices."""
+    first = jax.lax.axis_index(AXIS) * layout.per_device
+    return first, first + jnp.arange(layout.per_device)
+
+
 def _task(spec: MetaBatch, root, step, index, task: TaskBatch | None, data) -> TaskBatch:
     """`task` when given, else task `index` of meta-step `step`, sampled here."""
     if task is not None:
@@ -224,13 +230,15 @@ def fuses_task_sum(spec: MetaBatch, layout: TaskLayout) -> bool:
     """Whether the meta-step takes one gradient of the weighted meta-batch loss.
 
     It does when the algorithm has a `meta_loss`, nothing needs per-task gradients (tasks
-    batched with vmap and summed: "sum", fused collectives) and `layout` pads no task. A
-    padded task's loss is masked out of the sum, but its backward pass still runs with a
-    zero cotangent, and 0 * inf from a diverged padded task would be NaN in the shared
-    gradient; per-task gradients mask the padded rows after differentiation. Per-task gradients of
-    shared weights are batched matrix products, one per task, and then a sum; one
-    gradient of the sum leaves XLA free to contract over the tasks inside the backward
-    products (README, "The trainer against a hand-written loop", has what it saves).
+    batched with vmap and summed: "sum", fused collectives) and `layout` pads no task.
+
+    Per-task gradients of shared weights are batched matrix products, one per task, and
+    then a sum; one gradient of the sum leaves XLA free to contract over the tasks inside
+    the backward products (README, "The trainer against a hand-written loop", has what it
+    saves). Padding rules it out: a padded task's loss is masked out of the sum, but its
+    backward pass still runs with a zero cotangent, and 0 * inf from a diverged padded
+    task would be NaN in the shared gradient; per-task gradients mask the padded rows
+    after differentiation.
     """
     return (
         spec.algorithm.meta_loss is not None
@@ -312,8 +320,7 @@ def make_meta_grad_fn(spec: MetaBatch, mesh: jax.sharding.Mesh) -> Callable:
         # gradient summed over devices (README trap 1), silently mixing other devices' tasks
         # into each device's inner adaptation.
         meta_params = jax.lax.pcast(meta_params, AXIS, to="varying")
-        first = jax.lax.axis_index(AXIS) * layout.per_device
-        indices = first + jnp.arange(layout.per_device)
+        first, indices = _device_tasks(layout)
         if fuses_task_sum(spec, layout):
             sums = weighted_task_sum(spec, meta_params, step, indices, tasks, measure, data)
             flat, unravel = ravel_pytree(sums)  # one collective for everything (trap 7)
@@ -370,10 +377,10 @@ def make_chunk_sampler(spec: MetaBatch, mesh: jax.sharding.Mesh) -> Callable:
     root = stream_key(spec.seed, TRAIN_STREAM)
 
     def body(steps, data):
-        indices = jax.lax.axis_index(AXIS) * layout.per_device + jnp.arange(layout.per_device)
+        _, indices = _device_tasks(layout)
 
         def one(step, index):
-            return spec.sample_fn(task_key(root, step, index), data)
+            return _task(spec, root, step, index, None, data)
 
         return jax.vmap(lambda s: jax.vmap(lambda i: one(s, i))(indices))(steps)
 
