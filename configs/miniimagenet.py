@@ -51,6 +51,8 @@ def paper_settings(shots: int) -> ml_collections.ConfigDict:
     c.inner_lr = 0.01
     c.first_order = False
     c.remat_inner = False
+    # Inner loops of up to this many steps are traced unrolled (see configs/omniglot.py).
+    c.inner_unroll = 1
     c.imaml_lambda = 2.0  # iMAML: proximal strength (Rajeswaran et al.'s Omniglot value; untuned)
     c.cg_steps = 5  # iMAML: conjugate-gradient iterations per task
     # iMAML: inner steps backtrack from inner_lr up to this many halvings (0: fixed steps).

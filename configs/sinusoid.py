@@ -47,6 +47,10 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.inner_lr = 0.01
     c.first_order = False
     c.remat_inner = False
+    # Inner loops of up to this many steps are traced unrolled, not as a lax.scan: the
+    # meta-step ran 19% faster on CPU at 1 and at 5 inner steps (README, "The trainer
+    # against a hand-written loop"); the compile grows with the steps.
+    c.inner_unroll = 5
     c.imaml_lambda = 2.0  # iMAML: proximal strength lambda (Rajeswaran et al.: 2 on Omniglot)
     c.cg_steps = 5  # iMAML: conjugate-gradient iterations per task
     # iMAML: inner steps backtrack from inner_lr up to this many halvings (0: fixed steps,

@@ -46,6 +46,7 @@ _OPTIONAL_POSITIVE_INTS = (
 )
 _OPTIONAL_NON_NEGATIVE_INTS = (
     "seed",
+    "inner_unroll",
     "omniglot.num_validation",
     "omniglot.split_seed",
     "omniglot.num_held_out",

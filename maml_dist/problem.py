@@ -127,6 +127,7 @@ def inner_config(config: ml_collections.ConfigDict) -> algorithms.InnerConfig:
         steps=config.inner_steps,
         first_order=config.first_order,
         remat=config.remat_inner,
+        unroll=config.get("inner_unroll", algorithms.InnerConfig.unroll),
         imaml_lambda=config.imaml_lambda,
         cg_steps=config.cg_steps,
         line_search=config.imaml_line_search,

@@ -64,6 +64,7 @@ def measure(
     inner_steps: int = 1,
     flops: bool = True,
     compute_dtype: str = "float32",
+    inner_unroll: int = 1,
 ) -> dict:
     """Times `steps` meta-steps of one configuration, as one jitted `lax.scan`.
 
@@ -77,10 +78,12 @@ def measure(
         inner_steps: inner SGD steps per task.
         flops: whether to count FLOPs where XLA's count is meaningful (see below).
         compute_dtype: the network's `compute_dtype` ("float32" or "bfloat16").
+        inner_unroll: `InnerConfig.unroll`: inner loops up to this many steps unrolled.
 
     Returns:
-        conv_impl, task_batching and compute_dtype as run, compile_s (lower + compile of the scanned
-        steps), tasks_per_sec, steps_per_sec and gflop_per_task (None where not counted).
+        conv_impl, task_batching, compute_dtype and inner_unroll as run, compile_s (lower +
+        compile of the scanned steps), tasks_per_sec, steps_per_sec and gflop_per_task
+        (None where not counted).
     """
     conv_impl = models.resolve_conv_impl(conv_impl)
     batching = parallel.resolve_batching(batching)
@@ -92,7 +95,7 @@ def measure(
         return _xent(model.apply({"params": p}, x), y)
 
     split = algorithms.make_head_split(model, _xent, {})
-    inner = algorithms.InnerConfig(lr=0.4, steps=inner_steps)
+    inner = algorithms.InnerConfig(lr=0.4, steps=inner_steps, unroll=inner_unroll)
     algorithm = algorithms.make_algorithm(name, loss_fn, inner, head_split=split)
     params = algorithm.init(model.init(jax.random.key(0), tasks.support_x[0])["params"])
 
@@ -141,6 +144,7 @@ def measure(
         "conv_impl": conv_impl,
         "task_batching": batching,
         "compute_dtype": compute_dtype,
+        "inner_unroll": inner_unroll,
         "compile_s": compile_s,
         "steps_per_sec": steps_per_sec,
         "tasks_per_sec": n * steps_per_sec,
@@ -159,6 +163,9 @@ def main() -> None:
     parser.add_argument("--inner_steps", type=int, default=1)
     parser.add_argument("--queries", type=int, default=15, help="query images per class")
     parser.add_argument("--compute_dtypes", default="float32", help="float32 and/or bfloat16")
+    parser.add_argument(
+        "--inner_unrolls", default="1", help="InnerConfig.unroll values, comma-separated"
+    )
     args = parser.parse_args()
     n = args.meta_batch
     tasks = make_tasks(n, args.queries)
@@ -168,15 +175,16 @@ def main() -> None:
     )
     print(f"{args.steps} meta-steps per jitted call (a lax.scan, as in the trainer)")
     print(
-        "| algorithm | conv_impl | task_batching | compute_dtype | first compile s | tasks/s "
-        "| GFLOP/task |"
+        "| algorithm | conv_impl | task_batching | compute_dtype | inner_unroll "
+        "| first compile s | tasks/s | GFLOP/task |"
     )
-    print("|---|---|---|---|---:|---:|---:|")
-    for name, conv_impl, batching, dtype in itertools.product(
+    print("|---|---|---|---|---:|---:|---:|---:|")
+    for name, conv_impl, batching, dtype, unroll in itertools.product(
         args.algorithms.split(","),
         args.conv_impls.split(","),
         args.batchings.split(","),
         args.compute_dtypes.split(","),
+        [int(u) for u in args.inner_unrolls.split(",")],
     ):
         r = measure(
             name,
@@ -187,10 +195,11 @@ def main() -> None:
             args.reps,
             args.inner_steps,
             compute_dtype=dtype,
+            inner_unroll=unroll,
         )
         gflop = "n/a" if r["gflop_per_task"] is None else f"{r['gflop_per_task']:.3f}"
         print(
-            f"| {name} | {r['conv_impl']} | {r['task_batching']} | {dtype} | "
+            f"| {name} | {r['conv_impl']} | {r['task_batching']} | {dtype} | {unroll} | "
             f"{r['compile_s']:.1f} | {r['tasks_per_sec']:.1f} | {gflop} |",
             flush=True,
         )

@@ -69,11 +69,12 @@ def _objective(loss_fn, tasks, weights, inner):
     return objective
 
 
-@pytest.mark.parametrize("remat", [False, True])
-def test_maml_second_order_matches_finite_differences(remat):
+@pytest.mark.parametrize("remat,unroll", list(itertools.product([False, True], [0, 3])))
+def test_maml_second_order_matches_finite_differences(remat, unroll):
     with jax.enable_x64(True):
         loss_fn, params, tasks, weights = _tiny_problem(jnp.float64)
-        inner = dataclasses.replace(INNER, remat=remat)
+        # unroll=3: the three inner steps as straight code; 0: one lax.scan.
+        inner = dataclasses.replace(INNER, remat=remat, unroll=unroll)
         f = jax.jit(_objective(loss_fn, tasks, weights, inner))
         numeric = _central_differences(f, params, eps=1e-6)
         # The algorithm's task_grad, summed over tasks, against FD of the directly written
@@ -117,6 +118,24 @@ def test_remat_gives_same_meta_gradient_in_float32():
         params
     )
     chex.assert_trees_all_close(plain, remat, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["maml", "fomaml", "metasgd", "anil"])
+def test_unrolled_inner_loop_is_straight_code_with_the_same_meta_gradient(name):
+    loss_fn, params, tasks, weights = _tiny_problem(jnp.float32)
+    results = {}
+    for unroll in (0, 3):
+        algorithm = algorithms.make_algorithm(
+            name, loss_fn, dataclasses.replace(INNER, unroll=unroll)
+        )
+        meta_params = algorithm.init(params)
+        fn = jax.jit(lambda m, t, a=algorithm: _meta_grad(a, m, t, weights))
+        hlo = fn.lower(meta_params, tasks).as_text()
+        # The loop is gone from the program only when unrolled (the test's own vmap
+        # lowers to no loop either).
+        assert ("stablehlo.while" in hlo) == (unroll == 0)
+        results[unroll] = fn(meta_params, tasks)
+    chex.assert_trees_all_close(results[0], results[3], rtol=1e-5, atol=1e-6)
 
 
 def test_metasgd_learning_rate_gradient_matches_finite_differences():

@@ -80,12 +80,13 @@ def whole_network_split(loss_fn: LossFn, query_fn: QueryFn, head: str) -> HeadSp
 def _make_split(inner: InnerConfig, fns: HeadSplit) -> Algorithm:
     """ANIL whose inner steps run the head alone on features the body computes once."""
 
-    def head_steps(head, feats, y, num_steps, first_order=False, remat=False):
+    def head_steps(head, feats, y, num_steps, first_order=False, remat=False, unroll=0):
         return run_steps(
             lambda h, _: sgd_step(fns.loss_fn, h, feats, y, inner.lr, first_order),
             head,
             num_steps,
             remat,
+            unroll,
         )
 
     def task_grad(meta_params, task: TaskBatch, step):
@@ -100,6 +101,7 @@ def _make_split(inner: InnerConfig, fns: HeadSplit) -> Algorithm:
                 inner.steps,
                 inner.first_order,
                 inner.remat,
+                inner.unroll,
             )
             return fns.query_fn(head, fns.features(body, task.query_x), task.query_y)
 

@@ -114,6 +114,12 @@ class InnerConfig:
         lslr: MAML++'s learned per-layer per-step inner learning rates.
         doa_steps: MAML++'s derivative-order annealing: first order for the meta-steps
             before this one, second order from it on (0: second order throughout).
+        unroll: meta-training inner loops of at most this many steps are traced as
+            straight code, longer ones as one `lax.scan` (`run_steps`); 0 always scans.
+            MAML, first-order MAML, Meta-SGD and ANIL; meta-test adaptation always scans.
+            Measured on CPU (README, "The trainer against a hand-written loop"): the
+            sinusoid step 19% faster unrolled at 1 and 5 steps, the Omniglot conv step
+            the same at 1 step and 21% slower at 5, hence 1 by default.
     """
 
     lr: float = 0.01
@@ -128,6 +134,7 @@ class InnerConfig:
     msl_anneal_steps: int = 0
     lslr: bool = True
     doa_steps: int = 0
+    unroll: int = 1
 
 
 def loss_query_fn(loss_fn: LossFn) -> QueryFn:
@@ -153,8 +160,27 @@ def elementwise_sgd_step(
     return jax.tree.map(lambda p, a, g: p - a * g, params, rates, grads)
 
 
-def run_steps(step_fn: Callable, params: Params, num_steps: int, remat: bool = False) -> Params:
-    """`num_steps` applications of `step_fn(params, j)` as one `lax.scan` over j."""
+def run_steps(
+    step_fn: Callable, params: Params, num_steps: int, remat: bool = False, unroll: int = 0
+) -> Params:
+    """`num_steps` applications of `step_fn(params, j)`.
+
+    Args:
+        step_fn: one inner step, `(params, j) -> params`.
+        params: where the steps start.
+        num_steps: how many steps.
+        remat: rematerialise each step in the backward pass (`jax.checkpoint`).
+        unroll: up to this many steps are traced as straight code (`j` a Python int); more
+            run as one `lax.scan` over j, whose program size does not grow with the steps.
+            A loop costs the differentiated meta-step on CPU: its residuals are stacked and
+            sliced, and XLA cannot fuse across the loop's boundary (measured,
+            `InnerConfig.unroll`).
+    """
+    if num_steps <= unroll:
+        one = jax.checkpoint(step_fn, static_argnums=1) if remat else step_fn
+        for j in range(num_steps):
+            params = one(params, j)
+        return params
 
     def body(p, j):
         return step_fn(p, j), None

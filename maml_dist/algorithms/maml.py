@@ -34,6 +34,7 @@ def inner_loop(loss_fn: LossFn, params: Params, x, y, inner: InnerConfig) -> Par
         params,
         inner.steps,
         inner.remat,
+        inner.unroll,
     )
 
 

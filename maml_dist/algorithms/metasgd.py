@@ -53,6 +53,7 @@ def make(loss_fn: LossFn, inner: InnerConfig, query_fn: QueryFn | None = None) -
                 meta["params"],
                 inner.steps,
                 inner.remat,
+                inner.unroll,
             )
             return query_fn(adapted, task.query_x, task.query_y)
 
