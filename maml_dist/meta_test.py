@@ -10,7 +10,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from maml_dist import algorithms, parallel
+from maml_dist import algorithms, parallel, xla_options
 from maml_dist.parallel import AXIS
 from maml_dist.progress import Progress
 from maml_dist.tasks.base import TaskFamily
@@ -126,7 +126,11 @@ def _curves_fn(algorithm, steps: int, metrics, mesh, batching: str):
 
     sharded = jax.shard_map(body, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(AXIS))
     # Replicated output: an all-gather of the curves, so every process can read them all.
-    return jax.jit(sharded, out_shardings=parallel.replicated(mesh))
+    return jax.jit(
+        sharded,
+        out_shardings=parallel.replicated(mesh),
+        compiler_options=xla_options.compiler_options(mesh.devices.flat[0].platform),
+    )
 
 
 def median(values: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from maml_dist import nonfinite
+from maml_dist import nonfinite, xla_options
 from maml_dist import state as state_lib
 from maml_dist.algorithms import Algorithm
 from maml_dist.state import TrainState
@@ -460,7 +460,7 @@ def make_multi_step_over(train_step: Callable) -> Callable:
     likewise only the last step's pre-adaptation metrics are measured.
     """
 
-    @functools.partial(jax.jit, donate_argnums=0)
+    @functools.partial(jax.jit, donate_argnums=0, compiler_options=xla_options.compiler_options())
     def run(state, batches):
         n = jax.tree.leaves(batches)[0].shape[0]
         return jax.lax.scan(lambda s, xs: train_step(s, *xs), state, (batches, _last_only(n)))
@@ -476,14 +476,20 @@ def make_multi_step(train_step: Callable, sampler: Callable | None = None) -> Ca
     program (and constant-fold over it at compile time).
 
     Running n steps in one executable (a `lax.scan`) removes n - 1 dispatches and keeps
-    only one executable in flight per chunk (README trap 2). The state is donated. The
+    only one executable in flight per chunk (README trap 2), compiled with
+    `xla_options.compiler_options()`. The state is donated. The
     metrics of every step but the last hold NaN before-adaptation values (`_last_only`).
 
     With `sampler` (`make_chunk_sampler`), the chunk's tasks are sampled first, all at
     once, and the steps scan over them; without, each step samples its own.
     """
 
-    @functools.partial(jax.jit, static_argnums=1, donate_argnums=0)
+    @functools.partial(
+        jax.jit,
+        static_argnums=1,
+        donate_argnums=0,
+        compiler_options=xla_options.compiler_options(),
+    )
     def run(state, n: int, data=None):
         if sampler is None:
             return jax.lax.scan(lambda s, m: train_step(s, None, m, data), state, _last_only(n))

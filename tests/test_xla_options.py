@@ -1,0 +1,44 @@
+"""The trainer's programs are compiled with `xla_options.compiler_options()`."""
+
+import jax
+import pytest
+from helpers import tiny_config
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from maml_dist import meta_test, parallel, xla_options
+from maml_dist import state as state_lib
+from maml_dist.problem import make_problem
+
+
+def test_options_are_measured_ones_on_cpu_only():
+    assert xla_options.compiler_options("cpu") == {"xla_backend_optimization_level": 2}
+    assert xla_options.compiler_options("gpu") is None
+    assert xla_options.compiler_options("tpu") is None
+
+
+def test_trainer_and_validation_programs_compile_with_the_options(monkeypatch):
+    # An option XLA does not know fails the compile: that proves the options reach it.
+    monkeypatch.setattr(xla_options, "_CPU", {"not_an_xla_option": 1})
+    config = tiny_config()
+    problem = make_problem(config)
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    tx, _ = state_lib.make_meta_optimizer(config)
+    spec = parallel.meta_batch_spec(config, problem)
+    step = parallel.make_train_step(parallel.make_meta_grad_fn(spec, mesh), tx)
+    state = state_lib.init_state(
+        problem.model,
+        problem.family.example_input(),
+        tx,
+        config.seed,
+        problem.algorithm,
+        parallel.replicated(mesh),
+    )
+    run = parallel.make_multi_step(step, parallel.make_chunk_sampler(spec, mesh))
+    with pytest.raises(jax.errors.JaxRuntimeError, match="not_an_xla_option"):
+        run.lower(state, 2).compile()
+    tasks = meta_test.sample_tasks(problem.family, 0, 1, 4, config.shots, config.num_query)
+    tasks = jax.device_put(tasks, NamedSharding(mesh, P(parallel.AXIS)))
+    curves = meta_test._curves_fn(problem.algorithm, 2, (problem.loss_fn,), mesh, "vmap")
+    with pytest.raises(jax.errors.JaxRuntimeError, match="not_an_xla_option"):
+        curves.lower(state.meta_params, tasks).compile()
