@@ -22,11 +22,23 @@ def _pyplot():
     return plt
 
 
+def _figure(**kwargs):
+    """A matplotlib `Figure` on its own Agg canvas, outside pyplot.
+
+    pyplot keeps a global registry of figures that is not thread-safe; the trainer draws
+    its TensorBoard images in a thread, so those never go through it (nor import it).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
 def _to_rgb(fig) -> np.ndarray:
     fig.canvas.draw()
-    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    _pyplot().close(fig)
-    return image
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
 
 def _draw_fit(ax, x, y_true, support_x, support_y, before, after, steps: int) -> None:
@@ -39,7 +51,8 @@ def _draw_fit(ax, x, y_true, support_x, support_y, before, after, steps: int) ->
 
 def adaptation_image(x, y_true, support_x, support_y, before, after, steps: int) -> np.ndarray:
     """Paper-style figure of one task as an (H, W, 3) uint8 image for TensorBoard."""
-    fig, ax = _pyplot().subplots(figsize=(5, 3.5), dpi=80)
+    fig = _figure(figsize=(5, 3.5), dpi=80)
+    ax = fig.subplots()
     _draw_fit(ax, x, y_true, support_x, support_y, before, after, steps)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
@@ -156,7 +169,8 @@ def episode_image(
             put(c, shots + 1 + j, query_x[i], bool(predicted[i] == c))
             labels.append((c, shots + 1 + j, int(predicted[i])))
     scale = 0.02
-    fig, ax = _pyplot().subplots(figsize=(columns * cell * scale + 0.6, ways * cell * scale + 0.5))
+    fig = _figure(figsize=(columns * cell * scale + 0.6, ways * cell * scale + 0.5))
+    ax = fig.subplots()
     ax.imshow(canvas, interpolation="nearest")
     for row, col, label in labels:
         ax.text(

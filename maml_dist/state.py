@@ -10,7 +10,7 @@ import ml_collections
 import optax
 from flax import struct
 
-from maml_dist import models
+from maml_dist import models, xla_options
 
 
 @struct.dataclass
@@ -163,6 +163,7 @@ def init_state(model, example_input, tx, seed: int, algorithm, sharding) -> Trai
     return jax.jit(
         lambda: create_train_state(model, example_input, tx, seed, algorithm),
         out_shardings=sharding,
+        compiler_options=xla_options.compiler_options(next(iter(sharding.device_set)).platform),
     )()
 
 

@@ -10,7 +10,7 @@ import pytest
 from helpers import tiny_config
 from tensorboardX.proto import event_pb2
 
-from maml_dist import trainer
+from maml_dist import plotting, trainer
 from maml_dist.metrics import read_jsonl
 
 
@@ -74,6 +74,26 @@ def test_writes_the_workdir_contract(tiny_run):
         hparams
     )
     assert ("eval/mse_after_3_steps", "scalar") in hparams
+
+
+def test_a_failed_validation_image_stops_the_run_with_its_error(tmp_path, monkeypatch):
+    # Images are drawn in a thread beside the training: what fails there is not lost.
+    draw = plotting.adaptation_image
+    calls = []
+
+    def fail_after_warm_up(*args, **kwargs):
+        calls.append(1)  # the first drawing is the validation's warm-up, before step 1
+        if len(calls) > 1:
+            raise RuntimeError("the figure could not be drawn")
+        return draw(*args, **kwargs)
+
+    monkeypatch.setattr(plotting, "adaptation_image", fail_after_warm_up)
+    config = tiny_config(num_steps=40, eval_every=10)
+    with pytest.raises(RuntimeError, match="the figure could not be drawn"):
+        trainer.train_and_evaluate(config, str(tmp_path))
+    # Step 10's image failed; the run stopped at a later chunk, its records flushed.
+    steps = [r["step"] for r in read_jsonl(str(tmp_path / "metrics.jsonl"))]
+    assert steps[0] == 10 and steps[-1] < 40, steps
 
 
 def test_loss_falls(tiny_run):

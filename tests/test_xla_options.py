@@ -18,15 +18,13 @@ def test_options_are_measured_ones_on_cpu_only():
 
 
 def test_trainer_and_validation_programs_compile_with_the_options(monkeypatch):
-    # An option XLA does not know fails the compile: that proves the options reach it.
-    monkeypatch.setattr(xla_options, "_CPU", {"not_an_xla_option": 1})
     config = tiny_config()
     problem = make_problem(config)
     mesh = parallel.make_mesh(jax.devices()[:1])
     tx, _ = state_lib.make_meta_optimizer(config)
     spec = parallel.meta_batch_spec(config, problem)
     step = parallel.make_train_step(parallel.make_meta_grad_fn(spec, mesh), tx)
-    state = state_lib.init_state(
+    init = (
         problem.model,
         problem.family.example_input(),
         tx,
@@ -34,11 +32,20 @@ def test_trainer_and_validation_programs_compile_with_the_options(monkeypatch):
         problem.algorithm,
         parallel.replicated(mesh),
     )
-    run = parallel.make_multi_step(step, parallel.make_chunk_sampler(spec, mesh))
-    with pytest.raises(jax.errors.JaxRuntimeError, match="not_an_xla_option"):
-        run.lower(state, 2).compile()
+    state = state_lib.init_state(*init)
     tasks = meta_test.sample_tasks(problem.family, 0, 1, 4, config.shots, config.num_query)
     tasks = jax.device_put(tasks, NamedSharding(mesh, P(parallel.AXIS)))
+
+    # An option XLA does not know fails the compile: that proves the options reach it.
+    monkeypatch.setattr(xla_options, "_CPU", {"not_an_xla_option": 1})
+    unknown = pytest.raises(jax.errors.JaxRuntimeError, match="not_an_xla_option")
+    with unknown:
+        state_lib.init_state(*init)
+    with unknown:
+        meta_test.sample_tasks(problem.family, 0, 1, 4, config.shots, config.num_query)
+    run = parallel.make_multi_step(step, parallel.make_chunk_sampler(spec, mesh))
+    with unknown:
+        run.lower(state, 2).compile()
     curves = meta_test._curves_fn(problem.algorithm, 2, (problem.loss_fn,), mesh, "vmap")
-    with pytest.raises(jax.errors.JaxRuntimeError, match="not_an_xla_option"):
+    with unknown:
         curves.lower(state.meta_params, tasks).compile()
