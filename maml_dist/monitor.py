@@ -54,12 +54,12 @@ class Monitor:
             for k, v in enumerate(mean[:, j])
         }
 
-    def warm_up(self, meta_params, render: bool = True) -> None:
+    def warm_up(self, meta_params) -> None:
         """Compiles what `scalars` and `image` run, scoring one chunk of the tasks only.
 
         Every chunk of `scalars` runs one program, so one chunk compiles it at a tenth of
-        a validation's compute (100 tasks, 10 per chunk on one CPU device); `render`
-        draws the figure once too (importing matplotlib).
+        a validation's compute (100 tasks, 10 per chunk on one CPU device). Nothing is
+        drawn: the trainer draws in a thread of its own, beside the training.
         """
         devices = len(jax.tree.leaves(meta_params)[0].sharding.device_set)
         first = min(self.tasks.support_x.shape[0], meta_test.default_chunk(devices))
@@ -68,7 +68,7 @@ class Monitor:
         meta_test.adaptation_curves(
             self.problem.algorithm, meta_params, some, self.steps, metrics, batching=self.batching
         )
-        self.image(meta_params, render=render)
+        self.picture(meta_params, render=False)
 
     def _metrics(self) -> tuple[tuple[str, ...], tuple]:
         """Names and functions of the scored metrics: the family's, and the loss if it differs."""

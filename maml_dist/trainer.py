@@ -10,7 +10,6 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
@@ -151,7 +150,7 @@ def _train(config, workdir, problem, split_record, mesh, tx, schedule, ckpt, sta
                 recorded_split.write(workdir, split_record)
     writer = MetricWriter(workdir, is_main, resume_step=step)
     drawings = _Drawings(writer)
-    monitor = _start_monitor(config, problem, replicated, state.meta_params, is_main)
+    monitor = _start_monitor(config, problem, replicated, state.meta_params)
 
     spec = parallel.meta_batch_spec(config, problem)
     meta_grad_fn = parallel.make_meta_grad_fn(spec, mesh)
@@ -235,7 +234,7 @@ def _train(config, workdir, problem, split_record, mesh, tx, schedule, ckpt, sta
     return state
 
 
-def _start_monitor(config, problem, replicated, meta_params, render: bool) -> Future:
+def _start_monitor(config, problem, replicated, meta_params) -> Future:
     """The run's `Monitor`, as a future; in one process, built while the meta-step compiles.
 
     Building it samples the fixed validation tasks, and its first use compiles the
@@ -243,7 +242,7 @@ def _start_monitor(config, problem, replicated, meta_params, render: bool) -> Fu
     against a hand-written loop") that a thread does beside the meta-step's compile, which
     keeps one core busy. The thread scores a copy of the initial meta-parameters on one
     chunk of the tasks to compile those programs (the state's own are donated to the
-    first chunk).
+    first chunk). The loop checks at every chunk, without waiting, whether it failed.
 
     It is built here, in order, with several processes or several accelerators: its
     programs run over the mesh, and collectives of two programs running at once could be
@@ -255,11 +254,12 @@ def _start_monitor(config, problem, replicated, meta_params, render: bool) -> Fu
         done = Future()
         done.set_result(Monitor(config, problem, replicated))
         return done
-    params = jax.tree.map(jnp.copy, meta_params)
+    # A host copy: copying on the device would compile a program per parameter shape.
+    params = jax.device_get(meta_params)
 
     def build() -> Monitor:
         monitor = Monitor(config, problem, replicated)
-        monitor.warm_up(params, render=render)
+        monitor.warm_up(jax.device_put(params, replicated))
         return monitor
 
     pool = ThreadPoolExecutor(1, thread_name_prefix="monitor")
@@ -339,8 +339,9 @@ def _loop(
                 time.perf_counter() - started,
             )
             first = False
-            # The validation is built by now (it was built beside the compile); a failure
-            # there stops the run here, not at the first validation.
+        if monitor.done():
+            # The validation is built beside the compile and the first chunks: a failure
+            # there stops the run at the chunk it shows at, not at the first validation.
             monitor.result()
         if pending is not None:
             # Blocks on the previous chunk only: at most two chunks are ever in flight

@@ -34,7 +34,7 @@ def test_warm_up_compiles_what_a_validation_runs_on_one_chunk():
     assert len(_compiles) > before  # what the warm-up is there to take off the loop
 
     warm, params = _monitor(config, sharding)
-    warm.warm_up(params, render=False)
+    warm.warm_up(params)
     before = len(_compiles)
     assert warm.scalars(params) == expected
     warm.image(params, render=False)

@@ -78,16 +78,10 @@ def test_writes_the_workdir_contract(tiny_run):
 
 def test_a_failed_validation_image_stops_the_run_with_its_error(tmp_path, monkeypatch):
     # Images are drawn in a thread beside the training: what fails there is not lost.
-    draw = plotting.adaptation_image
-    calls = []
+    def fail(*args, **kwargs):
+        raise RuntimeError("the figure could not be drawn")
 
-    def fail_after_warm_up(*args, **kwargs):
-        calls.append(1)  # the first drawing is the validation's warm-up, before step 1
-        if len(calls) > 1:
-            raise RuntimeError("the figure could not be drawn")
-        return draw(*args, **kwargs)
-
-    monkeypatch.setattr(plotting, "adaptation_image", fail_after_warm_up)
+    monkeypatch.setattr(plotting, "adaptation_image", fail)
     config = tiny_config(num_steps=40, eval_every=10)
     with pytest.raises(RuntimeError, match="the figure could not be drawn"):
         trainer.train_and_evaluate(config, str(tmp_path))
