@@ -34,7 +34,9 @@ class Monitor:
         regression = problem.family.kind == "regression"
         image_query = _IMAGE_POINTS if regression else config.num_query
         image_task = problem.fixed_tasks(config.seed, IMAGE_STREAM, 1, config.shots, image_query)
-        self.image_task = jax.device_put(jax.device_get(image_task), sharding)
+        # Indexed on the host: indexing on the device compiles a program per array shape.
+        image_task = jax.tree.map(lambda a: np.asarray(a)[0], image_task)
+        self.image_task = jax.device_put(image_task, sharding)
 
     def scalars(self, meta_params) -> dict[str, float]:
         """Mean validation metric (and loss, if it differs) after 0..eval_inner_steps steps."""
@@ -63,7 +65,7 @@ class Monitor:
         """
         devices = len(jax.tree.leaves(meta_params)[0].sharding.device_set)
         first = min(self.tasks.support_x.shape[0], meta_test.default_chunk(devices))
-        some = jax.tree.map(lambda a: a[:first], self.tasks)
+        some = jax.tree.map(lambda a: np.asarray(a)[:first], self.tasks)  # no slice compiles
         _, metrics = self._metrics()
         meta_test.adaptation_curves(
             self.problem.algorithm, meta_params, some, self.steps, metrics, batching=self.batching
@@ -94,7 +96,7 @@ class Monitor:
         thread beside the next chunk. `meta_params` may be donated right after this
         returns: the dispatched computation holds its own reference.
         """
-        task = jax.tree.map(lambda a: a[0], self.image_task)
+        task = self.image_task
         before, after = meta_test.adapted_predictions(
             self.problem.model,
             self.problem.algorithm,
