@@ -393,36 +393,38 @@ def _loop(
 
 
 class _Drawings:
-    """The validation's TensorBoard images, drawn and written in a thread, one at a time.
+    """The validation's TensorBoard images, drawn in a thread, one at a time.
 
     Drawing the sinusoid figure takes ~35 ms of matplotlib (0.5 s of the paper run's 14
-    validations) that the thread does beside the next chunk. A failed write is raised
-    at the next image or at `close`, never lost.
+    validations) that the thread does beside the next chunk. The image is written from
+    the loop's thread, at the first chunk boundary after it is drawn (the event file
+    has one writer); a failed drawing is raised there, or at `close`, never lost.
     """
 
     def __init__(self, writer: MetricWriter):
         self.writer = writer
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="draw")
-        self.pending: Future | None = None
+        self.pending: tuple[int, str, Future] | None = None
 
     def submit(self, step: int, tag: str, draw) -> None:
-        """Writes `draw()`, an (H, W, 3) image, as `tag` at `step`, once the last one is done."""
+        """Draws `draw()`, an (H, W, 3) image, for `tag` at `step`, once the last one is done."""
         self.wait()
-        self.pending = self.pool.submit(lambda: self.writer.write_image(step, tag, draw()))
+        self.pending = (step, tag, self.pool.submit(draw))
 
     def check(self) -> None:
-        """Raises what the image in flight raised, if it is done; never waits."""
-        if self.pending is not None and self.pending.done():
+        """Writes the image in flight if it is drawn (raises what drawing it raised)."""
+        if self.pending is not None and self.pending[2].done():
             self.wait()
 
     def wait(self) -> None:
-        """Waits for the image in flight; raises what its drawing or writing raised."""
+        """Waits for the image in flight and writes it."""
         pending, self.pending = self.pending, None
         if pending is not None:
-            pending.result()
+            step, tag, image = pending
+            self.writer.write_image(step, tag, image.result())
 
     def close(self) -> None:
-        """Waits for the last image and ends the thread."""
+        """Writes the last image and ends the thread."""
         try:
             self.wait()
         finally:
