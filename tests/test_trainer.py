@@ -4,14 +4,17 @@ import json
 import os
 import struct
 
+import chex
 import jax
 import numpy as np
 import pytest
 from helpers import tiny_config
 from tensorboardX.proto import event_pb2
 
-from maml_dist import plotting, trainer
+from maml_dist import nonfinite, parallel, plotting, trainer
+from maml_dist import state as state_lib
 from maml_dist.metrics import read_jsonl
+from maml_dist.problem import make_problem
 
 
 def _read_events(tb_dir):
@@ -197,3 +200,29 @@ def test_resume_is_bit_identical_with_learned_learning_rates(tmp_path):
     # The rates were learned, not left at their initial value.
     rates = np.concatenate([np.ravel(x) for x in jax.tree.leaves(resumed.meta_params["inner_lr"])])
     assert np.ptp(rates) > 0
+
+
+def test_chunk_program_compiled_ahead_equals_the_jitted_one():
+    # `_DeviceRun` compiles its usual chunk length in a thread from the state's shapes;
+    # that program and the one jit compiles on a call must train identically.
+    config = tiny_config()
+    problem = make_problem(config)
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    tx, _ = state_lib.make_meta_optimizer(config)
+    spec = parallel.meta_batch_spec(config, problem)
+    step = parallel.make_train_step(
+        parallel.make_meta_grad_fn(spec, mesh), tx, nonfinite.limit(config)
+    )
+    init = (problem.model, problem.family.example_input(), tx, config.seed, problem.algorithm)
+    replicated = parallel.replicated(mesh)
+    ahead = trainer._DeviceRun(
+        config, problem, spec, mesh, step, state_lib.abstract_state(*init, replicated)
+    )
+    assert ahead.length == config.log_every
+    jitted = parallel.make_multi_step(step, trainer._chunk_sampler(config, problem, spec, mesh))
+    a, b = state_lib.init_state(*init, replicated), state_lib.init_state(*init, replicated)
+    for n in (ahead.length, 3):  # the precompiled length, then one it compiles on use
+        a, metrics_a = ahead(a, n)
+        b, metrics_b = jitted(b, n)
+        chex.assert_trees_all_equal((a, metrics_a), (b, metrics_b))
+    assert int(a.step) == ahead.length + 3
