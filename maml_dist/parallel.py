@@ -518,6 +518,21 @@ def make_multi_step(train_step: Callable, sampler: Callable | None = None) -> Ca
     return run
 
 
+def make_chunk_sample(sampler: Callable) -> Callable:
+    """Returns jitted `(start, n[, data]) -> tasks` of the meta-steps start..start+n-1.
+
+    `sampler` is `make_chunk_sampler`'s; the result feeds `make_multi_step_over`. The
+    two programs together run what `make_multi_step(train_step, sampler)` runs in one,
+    but compile separately: in two threads, side by side (the trainer's `_DeviceRun`).
+    """
+
+    @functools.partial(jax.jit, static_argnums=1, compiler_options=xla_options.compiler_options())
+    def sample_chunk(start, n: int, data=None):
+        return sampler(start + jnp.arange(n), data)
+
+    return sample_chunk
+
+
 def _last_only(n: int) -> jax.Array:
     """Per-step `measure` flags of a chunk of n steps: only the last one, the one reported.
 

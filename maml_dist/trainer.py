@@ -9,8 +9,11 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 from absl import logging
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from maml_dist import checkpointing, checks, nonfinite, parallel, recorded_split, recovery, storage
 from maml_dist import state as state_lib
@@ -233,19 +236,22 @@ def _train(config, workdir, problem, split_record, mesh, train_step, run, schedu
 class _DeviceRun:
     """`(state, n) -> (state, metrics)`: n meta-steps of a family sampled on the devices.
 
-    The program of the usual chunk length (`chunk_end` from step 0; every chunk but a
+    The programs of the usual chunk length (`chunk_end` from step 0; every chunk but a
     resumed run's first and the run's last, where the intervals are multiples of one
-    another) starts compiling in a thread when this is made, from the state's shapes
+    another) start compiling in threads when this is made, from the state's shapes
     alone, while the caller initialises or restores the state, opens the writers and
-    starts the validation's build. Other lengths compile on first use.
+    starts the validation's build. Other lengths compile on first use. Where a chunk's
+    tasks are sampled ahead (`_chunk_sampler`), sampling and steps are two programs that
+    compile side by side: the sinusoid paper run's compiled in 0.5 s and 1.1 s, in one
+    program 1.65 s.
 
-    The compile is local to each process (nothing runs), so this holds on any number of
+    A compile is local to its process (nothing runs), so this holds on any number of
     devices and processes. JAX settings a caller scoped to its own thread
-    (`jax.enable_x64`, ...) do not reach the thread; the trainer sets none.
+    (`jax.enable_x64`, ...) do not reach the threads; the trainer sets none.
     """
 
     def __init__(self, config, problem: Problem, spec, mesh, train_step, abstract_state):
-        self.run = parallel.make_multi_step(train_step, _chunk_sampler(config, problem, spec, mesh))
+        sampler = _chunk_sampler(config, problem, spec, mesh)
         self.data = None
         if problem.device_episodes is not None:
             self.data = parallel.put_replicated(problem.device_episodes.tables, mesh)
@@ -254,22 +260,53 @@ class _DeviceRun:
                 self.data.images.shape[0],
                 problem.device_episodes.tables.nbytes / 2**20,
             )
-        self.length = chunk_end(0, config)
+        self.length = n = chunk_end(0, config)
         logging.info("compiling the meta-step...")
-        pool = ThreadPoolExecutor(1, thread_name_prefix="compile")
-        self.compiled = pool.submit(
-            lambda: self.run.lower(abstract_state, self.length, self.data).compile()
-        )
-        pool.shutdown(wait=False)  # the thread ends with the compile
+        pool = ThreadPoolExecutor(2, thread_name_prefix="compile")
+        if sampler is None:
+            self.sample = None
+            self.run = parallel.make_multi_step(train_step)
+            compiled = pool.submit(lambda: self.run.lower(abstract_state, n, self.data).compile())
+            self.compiled = compiled
+        else:
+            self.sample = parallel.make_chunk_sample(sampler)
+            self.run = parallel.make_multi_step_over(train_step)
+            sharding = NamedSharding(mesh, P(None, parallel.AXIS))
+            batches = jax.tree.map(
+                lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                jax.eval_shape(lambda: sampler(jnp.arange(n), self.data)),
+            )
+            sample = pool.submit(lambda: self.sample.lower(abstract_state.step, n).compile())
+            run = pool.submit(lambda: self.run.lower(abstract_state, batches).compile())
+            self.compiled = _Both(sample, run)
+        pool.shutdown(wait=False)  # the threads end with the compiles
 
     def __call__(self, state, n: int):
-        """Runs n steps from `state` (donated); raises what the compile raised."""
+        """Runs n steps from `state` (donated); raises what a compile raised."""
+        if self.sample is None:
+            if n == self.length:
+                return self.compiled.result()(state, self.data)
+            return self.run(state, n, self.data)
         if n == self.length:
-            return self.compiled.result()(state, self.data)
-        return self.run(state, n, self.data)
+            sample, run = self.compiled.result()
+            return run(state, sample(state.step))
+        return self.run(state, self.sample(state.step, n))
 
 
-def _start_monitor(config, problem, replicated, meta_params, after: Future | None) -> Future:
+class _Both:
+    """Two futures as one: `result()` is both results, `done()` once both are."""
+
+    def __init__(self, *futures: Future):
+        self.futures = futures
+
+    def done(self) -> bool:
+        return all(f.done() for f in self.futures)
+
+    def result(self) -> tuple:
+        return tuple(f.result() for f in self.futures)
+
+
+def _start_monitor(config, problem, replicated, meta_params, after) -> Future:
     """The run's `Monitor`, as a future; in one process, built in a thread.
 
     Building it samples the fixed validation tasks, and its first use compiles the

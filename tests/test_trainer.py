@@ -203,8 +203,9 @@ def test_resume_is_bit_identical_with_learned_learning_rates(tmp_path):
 
 
 def test_chunk_program_compiled_ahead_equals_the_jitted_one():
-    # `_DeviceRun` compiles its usual chunk length in a thread from the state's shapes;
-    # that program and the one jit compiles on a call must train identically.
+    # `_DeviceRun` compiles its usual chunk length in threads from the state's shapes,
+    # sampling and steps as two programs; they must train as `make_multi_step`'s one
+    # program does, bit for bit, at that length and at another.
     config = tiny_config()
     problem = make_problem(config)
     mesh = parallel.make_mesh(jax.devices()[:1])
