@@ -37,6 +37,7 @@ class Monitor:
         # Indexed on the host: indexing on the device compiles a program per array shape.
         image_task = jax.tree.map(lambda a: np.asarray(a)[0], image_task)
         self.image_task = jax.device_put(image_task, sharding)
+        self._figure = None  # the regression figure, built on first draw
 
     def scalars(self, meta_params) -> dict[str, float]:
         """Mean validation metric (and loss, if it differs) after 0..eval_inner_steps steps."""
@@ -120,12 +121,12 @@ class Monitor:
                 after.argmax(-1),
                 ink=self.problem.family.ink,
             )
-        return plotting.adaptation_image(
-            task.query_x[:, 0],
-            task.query_y[:, 0],
-            task.support_x[:, 0],
-            task.support_y[:, 0],
-            before[:, 0],
-            after[:, 0],
-            self.train_steps,
-        )
+        if self._figure is None:  # the same task every time: the figure is kept
+            self._figure = plotting.AdaptationFigure(
+                task.query_x[:, 0],
+                task.query_y[:, 0],
+                task.support_x[:, 0],
+                task.support_y[:, 0],
+                self.train_steps,
+            )
+        return self._figure.image(before[:, 0], after[:, 0])

@@ -84,7 +84,7 @@ def test_a_failed_validation_image_stops_the_run_with_its_error(tmp_path, monkey
     def fail(*args, **kwargs):
         raise RuntimeError("the figure could not be drawn")
 
-    monkeypatch.setattr(plotting, "adaptation_image", fail)
+    monkeypatch.setattr(plotting.AdaptationFigure, "image", fail)
     config = tiny_config(num_steps=40, eval_every=10)
     with pytest.raises(RuntimeError, match="the figure could not be drawn"):
         trainer.train_and_evaluate(config, str(tmp_path))
