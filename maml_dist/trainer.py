@@ -160,8 +160,8 @@ def _train(config, workdir, problem, split_record, mesh, train_step, run, schedu
                 recorded_split.write(workdir, split_record)
     writer = MetricWriter(workdir, is_main, resume_step=step)
     drawings = _Drawings(writer)
-    # The meta-step's compile comes first; the validation is wanted a validation later.
-    after = run.compiled if isinstance(run, _DeviceRun) else None
+    # The meta-step's compiles come first; the validation takes the core the shorter frees.
+    after = run.shorter if isinstance(run, _DeviceRun) else None
     monitor = _start_monitor(config, problem, replicated, state.meta_params, after)
 
     layout = parallel.TaskLayout(config.meta_batch_size, mesh.shape[parallel.AXIS])
@@ -245,6 +245,9 @@ class _DeviceRun:
     compile side by side: the sinusoid paper run's compiled in 0.5 s and 1.1 s, in one
     program 1.65 s.
 
+    `shorter` is the compile that ends first (the sampling's, or the only one): a core
+    is free after it.
+
     A compile is local to its process (nothing runs), so this holds on any number of
     devices and processes. JAX settings a caller scoped to its own thread
     (`jax.enable_x64`, ...) do not reach the threads; the trainer sets none.
@@ -266,8 +269,10 @@ class _DeviceRun:
         if sampler is None:
             self.sample = None
             self.run = parallel.make_multi_step(train_step)
-            compiled = pool.submit(lambda: self.run.lower(abstract_state, n, self.data).compile())
-            self.compiled = compiled
+            self.compiled = pool.submit(
+                lambda: self.run.lower(abstract_state, n, self.data).compile()
+            )
+            self.shorter = self.compiled
         else:
             self.sample = parallel.make_chunk_sample(sampler)
             self.run = parallel.make_multi_step_over(train_step)
@@ -279,6 +284,7 @@ class _DeviceRun:
             sample = pool.submit(lambda: self.sample.lower(abstract_state.step, n).compile())
             run = pool.submit(lambda: self.run.lower(abstract_state, batches).compile())
             self.compiled = _Both(sample, run)
+            self.shorter = sample
         pool.shutdown(wait=False)  # the threads end with the compiles
 
     def __call__(self, state, n: int):
@@ -311,9 +317,10 @@ def _start_monitor(config, problem, replicated, meta_params, after) -> Future:
 
     Building it samples the fixed validation tasks, and its first use compiles the
     validation programs: about 1.5 s of the sinusoid paper run (README, "The trainer
-    against a hand-written loop") that a thread does beside the first chunks, once
-    `after` (the meta-step's compile, on the run's critical path) is done: begun beside
-    it, on two cores, it made that compile 0.6 to 0.9 s longer. The thread scores a copy
+    against a hand-written loop") that a thread does once `after` (the first of the
+    meta-step's compiles to end) is done, beside the rest of them and the first chunks:
+    begun beside all of them, on two cores, it made the meta-step's compile, the run's
+    critical path, 0.6 to 0.9 s longer. The thread scores a copy
     of the initial meta-parameters on one chunk of the tasks to compile those programs
     (the state's own are donated to the first chunk). The loop checks at every chunk,
     without waiting, whether it failed.
