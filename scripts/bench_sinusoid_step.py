@@ -6,8 +6,9 @@ process), rounds interleaved, and prints the median microseconds per meta-step o
     hand      the hand-written MAML step of `bench_sinusoid_bare.py` (plain JAX + optax)
               scanned over 500 meta-batches sampled beforehand with numpy: the step's
               compute alone
-    ahead     the trainer's program as it runs (`parallel.make_multi_step` with the
-              chunk's tasks sampled ahead by `parallel.make_chunk_sampler`)
+    ahead     the trainer's program (`parallel.make_multi_step` with the chunk's tasks
+              sampled ahead by `parallel.make_chunk_sampler`; the trainer compiles the
+              sampling and the steps as two programs, with the same result bit for bit)
     in_step   the trainer's program sampling each step's tasks inside the step
 
 and each program's count of optimised HLO instructions.
