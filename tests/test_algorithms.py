@@ -73,7 +73,8 @@ def _objective(loss_fn, tasks, weights, inner):
 def test_maml_second_order_matches_finite_differences(remat, unroll):
     with jax.enable_x64(True):
         loss_fn, params, tasks, weights = _tiny_problem(jnp.float64)
-        # unroll=3: the three inner steps as straight code; 0: one lax.scan.
+        # unroll=3: the three inner steps as straight code (a scan still with remat); 0: one
+        # lax.scan.
         inner = dataclasses.replace(INNER, remat=remat, unroll=unroll)
         f = jax.jit(_objective(loss_fn, tasks, weights, inner))
         numeric = _central_differences(f, params, eps=1e-6)
@@ -136,6 +137,15 @@ def test_unrolled_inner_loop_is_straight_code_with_the_same_meta_gradient(name):
         assert ("stablehlo.while" in hlo) == (unroll == 0)
         results[unroll] = fn(meta_params, tasks)
     chex.assert_trees_all_close(results[0], results[3], rtol=1e-5, atol=1e-6)
+
+
+def test_rematerialised_inner_loops_scan_even_when_short():
+    loss_fn, params, tasks, weights = _tiny_problem(jnp.float32)
+    inner = dataclasses.replace(INNER, unroll=3, remat=True)
+    algorithm = algorithms.make_algorithm("maml", loss_fn, inner)
+    meta_params = algorithm.init(params)
+    hlo = jax.jit(lambda m, t: _meta_grad(algorithm, m, t, weights)).lower(meta_params, tasks)
+    assert "stablehlo.while" in hlo.as_text()
 
 
 def test_metasgd_learning_rate_gradient_matches_finite_differences():

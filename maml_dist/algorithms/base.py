@@ -115,7 +115,8 @@ class InnerConfig:
         doa_steps: MAML++'s derivative-order annealing: first order for the meta-steps
             before this one, second order from it on (0: second order throughout).
         unroll: meta-training inner loops of at most this many steps are traced as
-            straight code, longer ones as one `lax.scan` (`run_steps`); 0 always scans.
+            straight code, longer ones and rematerialised ones as one `lax.scan`
+            (`run_steps`); 0 always scans.
             MAML, first-order MAML, Meta-SGD and ANIL; meta-test adaptation always scans.
             Measured on CPU (README, "The trainer against a hand-written loop"): the
             sinusoid step 19% faster unrolled at 1 and 5 steps, the Omniglot conv step
@@ -174,12 +175,13 @@ def run_steps(
             run as one `lax.scan` over j, whose program size does not grow with the steps.
             A loop costs the differentiated meta-step on CPU: its residuals are stacked and
             sliced, and XLA cannot fuse across the loop's boundary (measured,
-            `InnerConfig.unroll`).
+            `InnerConfig.unroll`). Ignored with `remat`: unrolled, the rematerialised
+            steps saved no memory and ran 1.6x slower (sinusoid, 5 steps,
+            scripts/bench_inner_steps.py), so those always scan.
     """
-    if num_steps <= unroll:
-        one = jax.checkpoint(step_fn, static_argnums=1) if remat else step_fn
+    if num_steps <= unroll and not remat:
         for j in range(num_steps):
-            params = one(params, j)
+            params = step_fn(params, j)
         return params
 
     def body(p, j):
