@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging as std_logging
 import os
 import re
@@ -210,3 +211,14 @@ def run_reporting_errors(prog: str, fn, watch=None) -> None:
     finally:
         if watch is not None:
             watch.close()
+
+
+def skip_exit_collection() -> None:
+    """Puts every object out of the garbage collector's reach, for a quick exit.
+
+    The interpreter's last collections at exit, over the objects JAX, flax and orbax
+    hold, took 0.28 to 0.36 s after a finished run (0.04 s with this; measured on the
+    sinusoid trainer). Call it once the work is done and its files are closed: atexit
+    handlers still run, and reference counting still frees what is not in a cycle.
+    """
+    gc.freeze()

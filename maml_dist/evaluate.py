@@ -78,6 +78,7 @@ def main(argv):
             print(evaluator.format_table(report))
 
     cli.run_reporting_errors(_PROG, run, watch)
+    cli.skip_exit_collection()
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ def main(argv):
     cli.run_reporting_errors(
         _PROG, lambda: trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value), watch
     )
+    cli.skip_exit_collection()
 
 
 if __name__ == "__main__":
