@@ -59,6 +59,7 @@ class AdaptationFigure:
 
     def __init__(self, x, y_true, support_x, support_y, steps: int):
         self.order = np.argsort(x)
+        self.support = np.c_[np.asarray(support_x, float), np.asarray(support_y, float)]
         self.fig = _figure(figsize=(5, 3.5), dpi=80)
         self.ax = self.fig.subplots()
         nan = np.full_like(np.asarray(x, float), np.nan)
@@ -73,6 +74,8 @@ class AdaptationFigure:
         self.before.set_ydata(np.asarray(before)[self.order])
         self.after.set_ydata(np.asarray(after)[self.order])
         self.ax.relim()
+        # relim counts scatter points only from matplotlib 3.11 on.
+        self.ax.update_datalim(self.support)
         self.ax.autoscale_view()
         return _to_rgb(self.fig)
 

@@ -109,14 +109,16 @@ def train_and_evaluate(
         parallel.make_meta_grad_fn(spec, mesh), tx, nonfinite.limit(config)
     )
     init = (problem.model, problem.family.example_input(), tx, config.seed, problem.algorithm)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.max_to_keep)
     run = None
     if problem.sample_fn is not None:
-        # Starts compiling the meta-step now, beside everything below.
-        abstract = state_lib.abstract_state(*init, replicated)
+        # Starts compiling the meta-step now, beside everything below (unless the run is
+        # over already: a finished run resumed only writes its final records).
+        latest = ckpt.latest_step()
+        ahead = latest is None or latest < config.num_steps
+        abstract = state_lib.abstract_state(*init, replicated) if ahead else None
         run = _DeviceRun(config, problem, spec, mesh, train_step, abstract)
     state = state_lib.init_state(*init, replicated)
-
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.max_to_keep)
     state = recovery.resume(ckpt, state)
     try:
         # A write that fails (a full disk, no permission) stops the run here, in one line.
@@ -131,15 +133,16 @@ def train_and_evaluate(
 
 
 def _close_after_stop(*sinks) -> None:
-    """Closes `sinks` after the run stopped; their own failed writes are warned of only.
+    """Closes `sinks` after the run stopped; what fails in closing them is warned of only.
 
-    The error that stopped the run is the one reported; a disk that is full for one write
-    is usually full for the next, and those follow from it.
+    The error that stopped the run is the one reported, and every sink is closed whatever
+    the others do: a disk that is full for one write is usually full for the next, and a
+    validation image drawn from a broken device fails like the step that stopped the run.
     """
     for sink in sinks:
         try:
             sink.close()
-        except storage.WriteError as e:
+        except Exception as e:  # logged; the error that stopped the run is raised
             logging.warning("also failed: %s", e)
 
 
@@ -222,7 +225,11 @@ def _train(config, workdir, problem, split_record, mesh, train_step, run, schedu
             writer.close()
         # Raises a failure to build it where no chunk ran (a finished run resumed).
         monitor.result()
-    except Exception:
+    except Exception as e:
+        if jax.process_count() > 1 and isinstance(e, jax.errors.JaxRuntimeError):
+            # A lost peer: the command line stops every process; closing the checkpointer
+            # here would wait on the dead peer in orbax's barrier.
+            raise
         # A stopped run (non-finite steps, a failed write, a failed image): finished saves
         # stay and the records of the chunks run are flushed.
         _close_after_stop(ckpt, drawings, writer)
@@ -254,6 +261,7 @@ class _DeviceRun:
     """
 
     def __init__(self, config, problem: Problem, spec, mesh, train_step, abstract_state):
+        """`abstract_state`: the state's shapes and shardings; None compiles nothing ahead."""
         sampler = _chunk_sampler(config, problem, spec, mesh)
         self.data = None
         if problem.device_episodes is not None:
@@ -265,6 +273,16 @@ class _DeviceRun:
             )
         self.length = n = chunk_end(0, config)
         logging.info("compiling the meta-step...")
+        if abstract_state is None:  # nothing to compile ahead
+            self.sample = parallel.make_chunk_sample(sampler) if sampler else None
+            self.run = (
+                parallel.make_multi_step(train_step)
+                if sampler is None
+                else parallel.make_multi_step_over(train_step)
+            )
+            self.length, self.shorter = None, Future()
+            self.shorter.set_result(None)
+            return
         pool = ThreadPoolExecutor(2, thread_name_prefix="compile")
         if sampler is None:
             self.sample = None
@@ -461,6 +479,8 @@ def _loop(
             _report(writer, clock, config, schedule, end, metrics, extra)
             with clock.paused():
                 started = time.perf_counter()
+                # Its validation image too: a resume from this step would not draw it again.
+                drawings.wait()
                 ckpt.save(end, state, force=stop or end == config.num_steps)
                 logging.info(
                     "checkpoint of step %d started in %.3f s", end, time.perf_counter() - started
