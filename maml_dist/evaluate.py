@@ -78,7 +78,6 @@ def main(argv):
             print(evaluator.format_table(report))
 
     cli.run_reporting_errors(_PROG, run, watch)
-    cli.skip_exit_collection()
 
 
 if __name__ == "__main__":
