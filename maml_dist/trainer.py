@@ -273,27 +273,22 @@ class _DeviceRun:
             )
         self.length = n = chunk_end(0, config)
         logging.info("compiling the meta-step...")
+        if sampler is None:
+            self.sample, self.run = None, parallel.make_multi_step(train_step)
+        else:
+            self.sample = parallel.make_chunk_sample(sampler)
+            self.run = parallel.make_multi_step_over(train_step)
         if abstract_state is None:  # nothing to compile ahead
-            self.sample = parallel.make_chunk_sample(sampler) if sampler else None
-            self.run = (
-                parallel.make_multi_step(train_step)
-                if sampler is None
-                else parallel.make_multi_step_over(train_step)
-            )
             self.length, self.shorter = None, Future()
             self.shorter.set_result(None)
             return
         pool = ThreadPoolExecutor(2, thread_name_prefix="compile")
         if sampler is None:
-            self.sample = None
-            self.run = parallel.make_multi_step(train_step)
             self.compiled = pool.submit(
                 lambda: self.run.lower(abstract_state, n, self.data).compile()
             )
             self.shorter = self.compiled
         else:
-            self.sample = parallel.make_chunk_sample(sampler)
-            self.run = parallel.make_multi_step_over(train_step)
             sharding = NamedSharding(mesh, P(None, parallel.AXIS))
             batches = jax.tree.map(
                 lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
