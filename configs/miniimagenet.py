@@ -66,6 +66,8 @@ def paper_settings(shots: int) -> ml_collections.ConfigDict:
     c.mamlpp.doa_steps = -1  # derivative-order annealing: first order before this step
     c.task_batching = "auto"
     c.reduction = "sum"
+    # XLA's CPU thread pool (maml_dist/cpu_threads.py): 0, one thread per core.
+    c.cpu_threads = 0
     c.meta_lr = 1e-3
     # "auto": cosine-annealed to meta_lr_min over num_steps for mamlpp (MAML++), constant
     # for every other algorithm; or "constant" | "cosine".

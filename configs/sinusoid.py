@@ -68,6 +68,10 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     # ("sum" | "ordered": bit-identical results for any device count). README, "Sharding".
     c.task_batching = "vmap"
     c.reduction = "sum"
+    # XLA's CPU thread pool (maml_dist/cpu_threads.py): one thread. This net is too small
+    # to gain from two: the paper run took 14.6-14.9 s on one, 16.0-16.4 s on two (2 cores),
+    # the other core left to compiles, validations and checkpoints. 0: one per core.
+    c.cpu_threads = 1
 
     c.meta_lr = 1e-3
     # "auto": cosine-annealed to meta_lr_min over num_steps for mamlpp (MAML++), constant

@@ -47,6 +47,7 @@ _OPTIONAL_POSITIVE_INTS = (
 _OPTIONAL_NON_NEGATIVE_INTS = (
     "seed",
     "inner_unroll",
+    "cpu_threads",
     "omniglot.num_validation",
     "omniglot.split_seed",
     "omniglot.num_held_out",
@@ -262,6 +263,9 @@ RESUMABLE_CHANGES = frozenset(
         "eval_tasks",
         "host_chunk_steps",  # chunking does not change the batches of any step
         "host_workers",  # nor does which process draws them
+        # The CPU thread pool changes the rounding, not the training: a run moves to a
+        # machine with other cores as it does from one device count to another.
+        "cpu_threads",
         "data_dir",  # the same data may live elsewhere on another machine
         # What to do on a non-finite step: a finite run trains the same either way, and a
         # stopped run is resumed with "skip" (or more skips) in the same workdir.

@@ -154,8 +154,12 @@ class _QuietLibraries:
         return "/orbax/" not in path and not path.endswith("jax/_src/xla_bridge.py")
 
 
-def start_runtime(prog: str):
+def start_runtime(prog: str, cpu_threads: int = 0):
     """Applies the runtime flags; must run before anything touches a JAX backend.
+
+    Args:
+        prog: the entry point's name, for messages.
+        cpu_threads: the run's `config.cpu_threads` (0: XLA's default thread pool).
 
     Returns:
         A `distributed.PeerWatch` when several processes run, else None.
@@ -163,11 +167,17 @@ def start_runtime(prog: str):
     import jax  # the entry points import this module before jax-heavy ones
 
     from maml_dist import compile_cache, distributed
+    from maml_dist import cpu_threads as cpu_threads_lib
     from maml_dist.errors import UserInputError
 
     f = flags.FLAGS
     if f.verbosity < 1:
         logging.get_absl_handler().addFilter(_QuietLibraries())
+    try:
+        if cpu_threads_lib.apply(cpu_threads):
+            logging.info("XLA's CPU thread pool: %d thread(s) (config.cpu_threads)", cpu_threads)
+    except UserInputError as e:
+        fail(prog, str(e))
     if f.cpu_devices is not None:
         jax.config.update("jax_num_cpu_devices", f.cpu_devices)
     compile_cache.enable(compile_cache.resolve(f.compile_cache))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 from absl import app, flags
 
-from maml_dist import cli, evaluator
+from maml_dist import cli, cpu_threads, evaluator
 from maml_dist.types import TEST_SEED
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by maml_dist.train.")
@@ -54,7 +54,8 @@ def main(argv):
     """Restores, meta-tests, prints the table and writes DIR/eval/."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    watch = cli.start_runtime(_PROG)
+    # The run's thread pool: the same rounding as in training (maml_dist.cpu_threads).
+    watch = cli.start_runtime(_PROG, cpu_threads=cpu_threads.of_run(_WORKDIR.value))
     try:
         shots = None if _SHOTS.value is None else tuple(int(s) for s in _SHOTS.value)
     except ValueError:

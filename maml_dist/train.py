@@ -21,7 +21,8 @@ def main(argv):
     """Starts JAX, then hands over to the trainer."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    watch = cli.start_runtime(_PROG)  # before the first backend use (README trap 4)
+    # Before the first backend use (README trap 4).
+    watch = cli.start_runtime(_PROG, cpu_threads=_CONFIG.value.get("cpu_threads", 0))
 
     logging.info(
         "JAX %s, process %d of %d: %d device(s) in all, %d here.",
