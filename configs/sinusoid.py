@@ -8,10 +8,10 @@ Train and meta-test (one CPU device):
     python -m maml_dist.train --config=configs/sinusoid.py --workdir=runs/sinusoid
     python -m maml_dist.evaluate --workdir=runs/sinusoid
 
-Measured on a 2-core CPU, one device, version 0.6 (README, "The trainer against a
-hand-written loop"): 24.6 s for the whole training process; over 600 meta-test tasks, K=10
-query MSE 0.304 ± 0.029 after 1 inner step and 0.122 ± 0.023 after 10 (seed 0; seeds 1
-and 2: 0.337/0.094 and 0.360/0.103).
+Measured on a 2-core CPU, one device, version 0.8 (README, "The trainer against a
+hand-written loop"): 16.3 to 16.6 s for the whole training process; over 600 meta-test
+tasks, K=10 query MSE 0.318 ± 0.031 after 1 inner step and 0.095 ± 0.011 after 10 (seed
+0; seeds 1 and 2: 0.327/0.145 and 0.366/0.098).
 
 Variants are overrides, not copies:
 
@@ -69,7 +69,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.task_batching = "vmap"
     c.reduction = "sum"
     # XLA's CPU thread pool (maml_dist/cpu_threads.py): one thread. This net is too small
-    # to gain from two: the paper run took 14.6-14.9 s on one, 16.0-16.4 s on two (2 cores),
+    # to gain from two: the meta-step ran 172-175 us on one, 191-192 us on two (2 cores),
     # the other core left to compiles, validations and checkpoints. 0: one per core.
     c.cpu_threads = 1
 

@@ -1,13 +1,14 @@
 """The size of XLA's CPU thread pool: `config.cpu_threads`, set before JAX starts.
 
 XLA runs a CPU program's operations on a pool of one thread per core, several at once
-when they do not depend on each other. For a small model that costs more than it gives:
-the sinusoid paper step (meta-batch 25, MLP 1-40-40-1) ran 178 us per meta-step on one
-thread and 192 us on two of this 2-core machine, and the whole 70,000-step run 14.6-14.9 s
-against 16.0-16.4 s, the second core left to compiles, validations and checkpoints
-(README, "The trainer against a hand-written loop"). A convolutional net needs the cores:
-Omniglot 5-way 1-shot trained at 41 tasks/s on one thread, 58 on two. Hence a config
-field, 1 in configs/sinusoid.py and 0 (one thread per core) elsewhere.
+when they do not depend on each other. For a small model the hand-offs cost more than
+they give: the sinusoid paper step (meta-batch 25, MLP 1-40-40-1) ran 172-175 us per
+meta-step on one thread and 191-192 us on two of this 2-core machine, and the whole
+70,000-step run took 14.6-14.9 s against 16.0-16.4 s, the second core left to compiles,
+validations and checkpoints (README, "The trainer against a hand-written loop", version
+0.8). A convolutional net needs the cores: the Omniglot 5-way 1-shot trainer ran 41
+tasks/s on one thread, 58 on two. Hence a config field, 1 in configs/sinusoid.py and 0
+(one thread per core) elsewhere.
 
 The pool's size also changes the rounding of some products (Eigen splits them by
 thread): the same seed gives other bits on 1 and on 2 threads, and with 0 on machines
