@@ -9,7 +9,7 @@ import tempfile
 
 import ml_collections
 
-from maml_dist import algorithms, models, nonfinite
+from maml_dist import algorithms, cpu_threads, models, nonfinite
 from maml_dist.errors import UserInputError
 from maml_dist.parallel import AUTO, BATCHINGS, REDUCTIONS
 from maml_dist.problem import DATA_PLACEMENTS, MAMLPP_DEFAULTS
@@ -47,7 +47,6 @@ _OPTIONAL_POSITIVE_INTS = (
 _OPTIONAL_NON_NEGATIVE_INTS = (
     "seed",
     "inner_unroll",
-    "cpu_threads",
     "omniglot.num_validation",
     "omniglot.split_seed",
     "omniglot.num_held_out",
@@ -97,6 +96,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         for name in names:
             if _get(config, name) is not None:
                 _check_int(name, _get(config, name), lowest)
+    if "cpu_threads" in config:
+        cpu_threads.check(config.cpu_threads)
     for name in _POSITIVE_FLOATS:
         value = config[name]
         if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:

@@ -175,7 +175,12 @@ def start_runtime(prog: str, cpu_threads: int = 0):
         logging.get_absl_handler().addFilter(_QuietLibraries())
     try:
         if cpu_threads_lib.apply(cpu_threads):
-            logging.info("XLA's CPU thread pool: %d thread(s) (config.cpu_threads)", cpu_threads)
+            # XLA makes at least one thread per device.
+            logging.info(
+                "XLA's CPU thread pool: %d thread(s) (config.cpu_threads=%d)",
+                max(cpu_threads, f.cpu_devices or 1),
+                cpu_threads,
+            )
     except UserInputError as e:
         fail(prog, str(e))
     if f.cpu_devices is not None:

@@ -6,6 +6,7 @@ import jax
 from absl import app, flags
 
 from maml_dist import cli, cpu_threads, evaluator
+from maml_dist.errors import UserInputError
 from maml_dist.types import TEST_SEED
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by maml_dist.train.")
@@ -54,8 +55,12 @@ def main(argv):
     """Restores, meta-tests, prints the table and writes DIR/eval/."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    # The run's thread pool: the same rounding as in training (maml_dist.cpu_threads).
-    watch = cli.start_runtime(_PROG, cpu_threads=cpu_threads.of_run(_WORKDIR.value))
+    try:
+        # The run's thread pool: the same rounding as in training (maml_dist.cpu_threads).
+        threads = cpu_threads.of_run(_WORKDIR.value)
+    except UserInputError as e:
+        cli.fail(_PROG, str(e))
+    watch = cli.start_runtime(_PROG, cpu_threads=threads)
     try:
         shots = None if _SHOTS.value is None else tuple(int(s) for s in _SHOTS.value)
     except ValueError:

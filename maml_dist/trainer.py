@@ -15,7 +15,16 @@ from absl import logging
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from maml_dist import checkpointing, checks, nonfinite, parallel, recorded_split, recovery, storage
+from maml_dist import (
+    checkpointing,
+    checks,
+    cpu_threads,
+    nonfinite,
+    parallel,
+    recorded_split,
+    recovery,
+    storage,
+)
 from maml_dist import state as state_lib
 from maml_dist.checkpointing import Checkpointer
 from maml_dist.feed import HostFeed
@@ -99,6 +108,9 @@ def train_and_evaluate(
     Returns:
         The final TrainState.
     """
+    # The command line has applied it already; a Python caller whose JAX has started
+    # gets a warning (maml_dist.cpu_threads).
+    cpu_threads.apply(config.get("cpu_threads", 0), strict=False)
     devices = jax.devices() if devices is None else devices
     problem, split_record = check_inputs(config, workdir, len(devices))
     mesh = parallel.make_mesh(devices)

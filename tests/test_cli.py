@@ -64,7 +64,7 @@ def trained(tmp_path_factory):
         (["--config.inner_lr=abc"], "flag --config.inner_lr=abc: could not convert string to"),
         (["--config.num_steps=1.5"], "flag --config.num_steps=1.5: invalid literal for int()"),
         (["--config.seed=-1"], "config.seed must be a non-negative integer, got -1"),
-        (["--config.cpu_threads=-1"], "config.cpu_threads must be an integer >= 0"),
+        (["--config.cpu_threads=-1"], "config.cpu_threads must be an integer from 0 to 256"),
         (
             ["--config.eval_tasks=3000000000"],
             "config.eval_tasks must be a positive integer of at most",
@@ -207,6 +207,7 @@ def test_train_then_evaluate_from_the_command_line(tmp_path):
     assert "compiled the meta-step and ran steps 1-" in proc.stderr
     assert "tpu" not in proc.stderr.lower()  # no probing of backends that are not there
     assert "XLA's CPU thread pool: 1 thread(s)" in proc.stderr  # configs/sinusoid.py's
+    assert "cannot take effect" not in proc.stderr  # applied once, before JAX started
     proc, _ = _run(
         "maml_dist.evaluate",
         f"--workdir={workdir}",
