@@ -132,6 +132,8 @@ def train_and_evaluate(
         run = _DeviceRun(config, problem, spec, mesh, train_step, abstract)
     state = state_lib.init_state(*init, replicated)
     state = recovery.resume(ckpt, state)
+    if run is not None:
+        run.compile_sampler()  # beside the steps' compile (see `_DeviceRun`)
     try:
         # A write that fails (a full disk, no permission) stops the run here, in one line.
         with checkpointing.quiet_closed_loop():
@@ -257,12 +259,15 @@ class _DeviceRun:
 
     The programs of the usual chunk length (`chunk_end` from step 0; every chunk but a
     resumed run's first and the run's last, where the intervals are multiples of one
-    another) start compiling in threads when this is made, from the state's shapes
-    alone, while the caller initialises or restores the state, opens the writers and
-    starts the validation's build. Other lengths compile on first use. Where a chunk's
-    tasks are sampled ahead (`_chunk_sampler`), sampling and steps are two programs that
-    compile side by side: the sinusoid paper run's compiled in 0.5 s and 1.1 s, in one
-    program 1.65 s.
+    another) are compiled ahead, from the state's shapes alone. The steps' program starts
+    compiling in a thread when this is made, while the caller initialises or restores the
+    state. Where a chunk's tasks are sampled ahead (`_chunk_sampler`), sampling is a
+    second program (the sinusoid paper run's compile in 0.5 s and 1.1 s, as one program
+    in 1.65 s), which the caller compiles after the state (`compile_sampler`): two
+    compiles at a time on two cores, not three with the state's initialisation. That
+    brought the sinusoid paper run's first chunk 0.3 to 0.8 s sooner (three pairs of
+    runs; README, "The trainer against a hand-written loop", version 0.8). Other lengths
+    compile on first use.
 
     `shorter` is the compile that ends first (the sampling's, or the only one): a core
     is free after it.
@@ -284,6 +289,7 @@ class _DeviceRun:
                 problem.device_episodes.tables.nbytes / 2**20,
             )
         self.length = n = chunk_end(0, config)
+        self._sampler_args = None
         logging.info("compiling the meta-step...")
         if sampler is None:
             self.sample, self.run = None, parallel.make_multi_step(train_step)
@@ -294,7 +300,7 @@ class _DeviceRun:
             self.length, self.shorter = None, Future()
             self.shorter.set_result(None)
             return
-        pool = ThreadPoolExecutor(2, thread_name_prefix="compile")
+        pool = ThreadPoolExecutor(1, thread_name_prefix="compile")
         if sampler is None:
             self.compiled = pool.submit(
                 lambda: self.run.lower(abstract_state, n, self.data).compile()
@@ -306,11 +312,31 @@ class _DeviceRun:
                 lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
                 jax.eval_shape(lambda: sampler(jnp.arange(n), self.data)),
             )
-            sample = pool.submit(lambda: self.sample.lower(abstract_state.step, n).compile())
             run = pool.submit(lambda: self.run.lower(abstract_state, batches).compile())
-            self.compiled = _Both(sample, run)
-            self.shorter = sample
-        pool.shutdown(wait=False)  # the threads end with the compiles
+            self._sampler_args = (abstract_state.step, n)
+            self.shorter = Future()  # set by `compile_sampler`
+            self.compiled = _Both(self.shorter, run)
+        pool.shutdown(wait=False)  # the thread ends with the compile
+
+    def compile_sampler(self) -> None:
+        """Compiles the chunk sampler ahead, in this thread, unless done or not needed.
+
+        The trainer calls it once the state is built; the first chunk would otherwise.
+        A failed compile is raised by that chunk, as the steps' would be.
+        """
+        args, self._sampler_args = self._sampler_args, None
+        if args is None:
+            return
+        try:
+            compiled = self.sample.lower(*args).compile()
+        except BaseException as e:
+            # Raised by `compiled.result()` at the first chunk; the validation's thread,
+            # waiting on `shorter`, is released either way (Ctrl-C included).
+            self.shorter.set_exception(e)
+            if not isinstance(e, Exception):
+                raise
+            return
+        self.shorter.set_result(compiled)
 
     def __call__(self, state, n: int):
         """Runs n steps from `state` (donated); raises what a compile raised."""
@@ -319,6 +345,7 @@ class _DeviceRun:
                 return self.compiled.result()(state, self.data)
             return self.run(state, n, self.data)
         if n == self.length:
+            self.compile_sampler()
             sample, run = self.compiled.result()
             return run(state, sample(state.step))
         return self.run(state, self.sample(state.step, n))

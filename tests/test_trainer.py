@@ -202,10 +202,8 @@ def test_resume_is_bit_identical_with_learned_learning_rates(tmp_path):
     assert np.ptp(rates) > 0
 
 
-def test_chunk_program_compiled_ahead_equals_the_jitted_one():
-    # `_DeviceRun` compiles its usual chunk length in threads from the state's shapes,
-    # sampling and steps as two programs; they must train as `make_multi_step`'s one
-    # program does, bit for bit, at that length and at another.
+def _device_run():
+    """The tiny config's `_DeviceRun` on one device, a maker of its initial state, and parts."""
     config = tiny_config()
     problem = make_problem(config)
     mesh = parallel.make_mesh(jax.devices()[:1])
@@ -219,11 +217,42 @@ def test_chunk_program_compiled_ahead_equals_the_jitted_one():
     ahead = trainer._DeviceRun(
         config, problem, spec, mesh, step, state_lib.abstract_state(*init, replicated)
     )
+
+    def new_state():
+        return state_lib.init_state(*init, replicated)
+
+    return ahead, new_state, (config, problem, spec, mesh, step)
+
+
+def test_chunk_program_compiled_ahead_equals_the_jitted_one():
+    # `_DeviceRun` compiles its usual chunk length ahead from the state's shapes,
+    # sampling and steps as two programs; they must train as `make_multi_step`'s one
+    # program does, bit for bit, at that length and at another.
+    ahead, new_state, (config, problem, spec, mesh, step) = _device_run()
     assert ahead.length == config.log_every
+    # The sampler compiles in the caller's thread, once: `shorter` is set by it alone.
+    assert not ahead.shorter.done()
+    ahead.compile_sampler()
+    assert ahead.shorter.done() and ahead.shorter.exception() is None
+    ahead.compile_sampler()
     jitted = parallel.make_multi_step(step, trainer._chunk_sampler(config, problem, spec, mesh))
-    a, b = state_lib.init_state(*init, replicated), state_lib.init_state(*init, replicated)
+    a, b = new_state(), new_state()
     for n in (ahead.length, 3):  # the precompiled length, then one it compiles on use
         a, metrics_a = ahead(a, n)
         b, metrics_b = jitted(b, n)
         chex.assert_trees_all_equal((a, metrics_a), (b, metrics_b))
     assert int(a.step) == ahead.length + 3
+
+
+def test_a_failed_sampler_compile_is_raised_by_the_first_chunk(monkeypatch):
+    ahead, new_state, _ = _device_run()
+
+    class Broken:
+        def lower(self, *args):
+            raise RuntimeError("no sampler today")
+
+    monkeypatch.setattr(ahead, "sample", Broken())
+    ahead.compile_sampler()  # the validation's thread waiting on it is released
+    assert isinstance(ahead.shorter.exception(), RuntimeError)
+    with pytest.raises(RuntimeError, match="no sampler today"):
+        ahead(new_state(), ahead.length)
