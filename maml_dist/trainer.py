@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import json
 import os
@@ -452,86 +451,84 @@ def _loop(
         nonfinite.NonFiniteError: when the run met more non-finite steps than its mode
             allows; no checkpoint is written from that chunk on.
     """
-    records = _Records(writer, clock, config, schedule, monitor, drawings)
-    pending, first = None, True
+    is_main = jax.process_index() == 0
+    pending, last_eval, first = None, {}, True
     watch = nonfinite.Watch(config, ckpt, int(jax.device_get(state.skipped_steps)))
-    try:
-        while step < config.num_steps:
-            if first:
-                if feed is not None:  # `_DeviceRun` started its compile long before
-                    logging.info("compiling the meta-step...")
-                started = time.perf_counter()
-            if feed is None:
-                end = chunk_end(step, config)
-                state, metrics = run(state, end - step)
-            else:
-                start, end, batches = feed.take()
-                assert start == step, (start, step)  # the feed follows the same schedule
-                state, metrics = run(state, batches)
-            if first:
-                # The first call compiles, then runs; its time is mostly the compile.
-                jax.block_until_ready(metrics)
-                logging.info(
-                    "compiled the meta-step and ran steps %d-%d in %.1f s",
-                    step + 1,
-                    end,
-                    time.perf_counter() - started,
-                )
-                first = False
-            if monitor.done():
-                # The validation is built beside the compile and the first chunks: a
-                # failure there stops the run at the chunk it shows at.
-                monitor.result()
-            if pending is not None:
-                # Blocks on the previous chunk only: at most two chunks are ever in flight
-                # (README trap 2), and the host logs while the device computes.
-                jax.block_until_ready(pending[2])
-                watch.check(*pending[:3])
-                records.add(*pending[1:])
-            drawings.check()
-            extra = {}
-            stop = preemption.requested()
-            checkpoint_now = stop or _is_multiple(end, config.checkpoint_every, config)
-            eval_now = _is_multiple(end, config.eval_every, config)
-            if checkpoint_now or eval_now:
-                # The chunk's own compute counts as training; only what follows is excluded.
-                jax.block_until_ready(state)
-                # A stopped run's state is frozen at its last good step, but is never saved.
-                watch.check(step, end, metrics)
-            if eval_now:
-                extra = records.validate(end, state.meta_params)
-            if checkpoint_now:
-                # This chunk's record goes to disk before its checkpoint is started, so no
-                # checkpoint ever exists without the records up to its step (a kill -9
-                # right after a save would otherwise lose the record of the saved step).
-                records.add(end, metrics, extra)
-                records.flush()
-                with clock.paused():
-                    # The timing is logged so a benchmark can split the run's wall time
-                    # into its parts from the log alone (scripts/benchmark.py).
-                    started = time.perf_counter()
-                    # Its validation image too: a resume from this step would not draw it.
-                    drawings.wait()
-                    ckpt.save(end, state, force=stop or end == config.num_steps)
-                    logging.info(
-                        "checkpoint of step %d started in %.3f s",
-                        end,
-                        time.perf_counter() - started,
-                    )
-                pending = None
-            else:
-                pending = (step, end, metrics, extra)
-            step = end
-            if stop:
-                break
+    while step < config.num_steps:
+        if first:
+            if feed is not None:  # `_DeviceRun` started its compile long before
+                logging.info("compiling the meta-step...")
+            started = time.perf_counter()
+        if feed is None:
+            end = chunk_end(step, config)
+            state, metrics = run(state, end - step)
+        else:
+            start, end, batches = feed.take()
+            assert start == step, (start, step)  # the feed follows the same schedule
+            state, metrics = run(state, batches)
+        if first:
+            # The first call compiles, then runs; its time is mostly the compile.
+            jax.block_until_ready(metrics)
+            logging.info(
+                "compiled the meta-step and ran steps %d-%d in %.1f s",
+                step + 1,
+                end,
+                time.perf_counter() - started,
+            )
+            first = False
+        if monitor.done():
+            # The validation is built beside the compile and the first chunks: a failure
+            # there stops the run at the chunk it shows at, not at the first validation.
+            monitor.result()
         if pending is not None:
+            # Blocks on the previous chunk only: at most two chunks are ever in flight
+            # (README trap 2), and the host logs while the device computes.
+            jax.block_until_ready(pending[2])
             watch.check(*pending[:3])
-            records.add(*pending[1:])
-        records.flush()
-    except BaseException:
-        records.abandon()
-        raise
-    return state, records.last_eval
+            _report(writer, clock, config, schedule, *pending[1:])
+        drawings.check()
+        extra = {}
+        stop = preemption.requested()
+        checkpoint_now = stop or _is_multiple(end, config.checkpoint_every, config)
+        eval_now = _is_multiple(end, config.eval_every, config)
+        if checkpoint_now or eval_now:
+            # The chunk's own compute counts as training; only what follows is excluded.
+            jax.block_until_ready(state)
+            # A stopped run's state is frozen at its last good step, but is never saved.
+            watch.check(step, end, metrics)
+        with clock.paused():
+            # The two timings below are logged so a benchmark can split the run's wall
+            # time into its parts from the log alone (scripts/benchmark.py).
+            if eval_now:
+                started = time.perf_counter()
+                extra = last_eval = monitor.result().scalars(state.meta_params)
+                draw = monitor.result().picture(state.meta_params, render=is_main)
+                if draw is not None:
+                    drawings.submit(end, "eval/adaptation", draw)
+                logging.info("validated at step %d in %.3f s", end, time.perf_counter() - started)
+        if checkpoint_now:
+            # This chunk's record goes to disk before its checkpoint is started, so no
+            # checkpoint ever exists without the records up to its step (a kill -9 right
+            # after a save would otherwise lose the record of the saved step for good).
+            _report(writer, clock, config, schedule, end, metrics, extra)
+            with clock.paused():
+                started = time.perf_counter()
+                # Its validation image too: a resume from this step would not draw it again.
+                drawings.wait()
+                ckpt.save(end, state, force=stop or end == config.num_steps)
+                logging.info(
+                    "checkpoint of step %d started in %.3f s", end, time.perf_counter() - started
+                )
+            pending = None
+        else:
+            pending = (step, end, metrics, extra)
+        step = end
+        if stop:
+            break
+    if pending is not None:
+        watch.check(*pending[:3])
+        _report(writer, clock, config, schedule, *pending[1:])
+    return state, last_eval
 
 
 class _Drawings:
@@ -599,13 +596,10 @@ class _Clock:
         return seconds
 
 
-def _measure(clock, config, schedule, end, metrics, validated: bool) -> dict | None:
-    """The record of a finished chunk: the last step's metrics plus throughput, logged.
-
-    None where the chunk has no record (not a logging step, no validation).
-    """
-    if not (_is_multiple(end, config.log_every, config) or validated):
-        return None
+def _report(writer, clock, config, schedule, end, metrics, extra) -> None:
+    """Writes the records of a finished chunk: the last step's metrics plus throughput."""
+    if not (_is_multiple(end, config.log_every, config) or extra):
+        return
     # nonfinite_in_row only steers the guard; skipped_steps is the reported count.
     metrics = {k: v for k, v in metrics.items() if k != "nonfinite_in_row"}
     last = {k: float(v[-1]) for k, v in jax.device_get(metrics).items()}
@@ -621,6 +615,8 @@ def _measure(clock, config, schedule, end, metrics, validated: bool) -> dict | N
         # Host sampling runs beside the device; only the wait shows in the step time.
         build, wait = clock.feed.times(steps)
         scalars.update(data_sec_per_step=build, data_wait_sec_per_step=wait)
+    scalars.update(extra)
+    writer.write_scalars(end, scalars)
     total = time.perf_counter() - clock.started
     eta = total / max(end - clock.start, 1) * (config.num_steps - end)
     logging.info(
@@ -632,84 +628,3 @@ def _measure(clock, config, schedule, end, metrics, validated: bool) -> dict | N
         scalars["tasks_per_sec"],
         time.strftime("%H:%M:%S", time.gmtime(eta)),
     )
-    return scalars
-
-
-class _Later:
-    """A validation put off: the step's meta-parameters, copied to the host."""
-
-    def __init__(self, meta_params):
-        # On the host: a copy on the device would compile a program per parameter shape.
-        self.shardings = jax.tree.map(lambda a: a.sharding, meta_params)
-        self.params = jax.device_get(meta_params)
-
-    def restore(self):
-        return jax.device_put(self.params, self.shardings)
-
-
-class _Records:
-    """The chunks' records, written in step order, each once its validation is known.
-
-    The `Monitor` is built in a thread beside the meta-step's compile and the first
-    chunks. A validation due before it is ready is put off, not waited for: the step's
-    meta-parameters are copied to the host, scored at the first chunk boundary after the
-    build (in the loop's thread, on the same programs, so to the same numbers), and the
-    records from that step on wait behind it, in order (`metrics.jsonl` keeps one record
-    per step). The sinusoid paper run's first validation, at step 5,000, waited ~0.5 s for
-    the build on one CPU thread (README, "The trainer against a hand-written loop",
-    version 0.8). A checkpoint flushes every record up to its step first.
-    """
-
-    def __init__(self, writer, clock, config, schedule, monitor: Future, drawings):
-        self.writer, self.clock, self.config, self.schedule = writer, clock, config, schedule
-        self.monitor, self.drawings = monitor, drawings
-        self.is_main = jax.process_index() == 0
-        self.queue: collections.deque = collections.deque()
-        self.last_eval: dict[str, float] = {}
-
-    def validate(self, end: int, meta_params) -> dict | _Later:
-        """Validates `meta_params` of step `end` now, or puts it off if not built yet."""
-        if not self.monitor.done():
-            return _Later(meta_params)
-        return self._validate(end, meta_params)
-
-    def _validate(self, end: int, meta_params) -> dict:
-        with self.clock.paused():
-            # Logged so a benchmark can split the run's wall time from the log alone.
-            started = time.perf_counter()
-            monitor = self.monitor.result()
-            self.last_eval = monitor.scalars(meta_params)
-            draw = monitor.picture(meta_params, render=self.is_main)
-            if draw is not None:
-                self.drawings.submit(end, "eval/adaptation", draw)
-            logging.info("validated at step %d in %.3f s", end, time.perf_counter() - started)
-        return self.last_eval
-
-    def add(self, end: int, metrics, extra: dict | _Later) -> None:
-        """Measures a finished chunk now; writes its record once its validation is known."""
-        record = _measure(self.clock, self.config, self.schedule, end, metrics, bool(extra))
-        self.queue.append((end, record, extra))
-        self.flush(wait=False)
-
-    def flush(self, wait: bool = True) -> None:
-        """Writes the records whose validations are known (`wait`: runs every one put off)."""
-        while self.queue:
-            end, record, extra = self.queue[0]
-            if isinstance(extra, _Later):
-                if not (wait or self.monitor.done()):
-                    return
-                extra = self._validate(end, extra.restore())
-            self.queue.popleft()
-            if record is not None:
-                self.writer.write_scalars(end, {**record, **extra})
-
-    def abandon(self) -> None:
-        """After a stop by an error: writes what waits, without put-off validations."""
-        try:
-            while self.queue:
-                end, record, extra = self.queue.popleft()
-                if record is not None:
-                    known = {} if isinstance(extra, _Later) else extra
-                    self.writer.write_scalars(end, {**record, **known})
-        except Exception as e:  # logged; the error that stopped the run is raised
-            logging.warning("also failed: %s", e)

@@ -1,10 +1,8 @@
 """The real training loop on the tiny config: files, TensorBoard, resume, device counts."""
 
 import json
-import logging
 import os
 import struct
-import time
 
 import chex
 import jax
@@ -13,7 +11,6 @@ import pytest
 from helpers import tiny_config
 from tensorboardX.proto import event_pb2
 
-from maml_dist import monitor as monitor_lib
 from maml_dist import nonfinite, parallel, plotting, trainer
 from maml_dist import state as state_lib
 from maml_dist.metrics import read_jsonl
@@ -88,58 +85,12 @@ def test_a_failed_validation_image_stops_the_run_with_its_error(tmp_path, monkey
         raise RuntimeError("the figure could not be drawn")
 
     monkeypatch.setattr(plotting.AdaptationFigure, "image", fail)
-    _build_monitor_first(monkeypatch)  # step 10 is validated then, not put off
     config = tiny_config(num_steps=40, eval_every=10)
     with pytest.raises(RuntimeError, match="the figure could not be drawn"):
         trainer.train_and_evaluate(config, str(tmp_path))
     # Step 10's image failed; the run stopped at a later chunk, its records flushed.
     steps = [r["step"] for r in read_jsonl(str(tmp_path / "metrics.jsonl"))]
     assert steps[0] == 10 and steps[-1] < 40, steps
-
-
-def _build_monitor_first(monkeypatch):
-    """Makes the trainer wait for its `Monitor` before the first chunk."""
-    start = trainer._start_monitor
-
-    def built_first(*args):
-        future = start(*args)
-        future.result()
-        return future
-
-    monkeypatch.setattr(trainer, "_start_monitor", built_first)
-
-
-def _without_timing(records):
-    drop = ("tasks_per_sec", "sec_per_step")
-    return [{k: v for k, v in r.items() if k not in drop} for r in records]
-
-
-def test_validations_put_off_until_built_give_the_same_records(tmp_path, monkeypatch, caplog):
-    # A validation due before the Monitor's programs are built is scored later on the
-    # step's parameters: the same numbers, one record per step, in order.
-    config = tiny_config(num_steps=100, eval_every=20, log_every=10, checkpoint_every=50)
-    with monkeypatch.context() as m:
-        _build_monitor_first(m)
-        trainer.train_and_evaluate(config, str(tmp_path / "waited"))
-    real_warm_up = monitor_lib.Monitor.warm_up
-
-    def slow_warm_up(self, meta_params):
-        time.sleep(3)  # longer than the tiny run's first chunks take
-        real_warm_up(self, meta_params)
-
-    monkeypatch.setattr(monitor_lib.Monitor, "warm_up", slow_warm_up)
-    with caplog.at_level(logging.INFO):
-        trainer.train_and_evaluate(config, str(tmp_path / "put_off"))
-    lines = [r.getMessage() for r in caplog.records]
-    # Step 20's validation ran after step 30 was logged: it was put off.
-    validated = next(i for i, x in enumerate(lines) if x.startswith("validated at step 20 "))
-    logged = next(i for i, x in enumerate(lines) if x.startswith("step 30/100 "))
-    assert logged < validated
-    waited = read_jsonl(str(tmp_path / "waited" / "metrics.jsonl"))
-    put_off = read_jsonl(str(tmp_path / "put_off" / "metrics.jsonl"))
-    assert [r["step"] for r in put_off] == list(range(10, 101, 10))
-    assert _without_timing(put_off) == _without_timing(waited)
-    assert "eval_mse_after_1_steps" in put_off[1]
 
 
 def test_loss_falls(tiny_run):
