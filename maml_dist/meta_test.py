@@ -22,7 +22,7 @@ def sample_tasks(
 ) -> TaskBatch:
     """A fixed set of `num_tasks` tasks of one stream; step index 0 of that stream."""
 
-    @functools.partial(jax.jit, compiler_options=xla_options.draw_options())
+    @functools.partial(jax.jit, compiler_options=xla_options.compiler_options())
     def sample():
         root = stream_key(seed, stream)
         keys = jax.vmap(lambda i: task_key(root, 0, i))(jnp.arange(num_tasks))

@@ -526,7 +526,7 @@ def make_chunk_sample(sampler: Callable) -> Callable:
     but compile separately: in two threads, side by side (the trainer's `_DeviceRun`).
     """
 
-    @functools.partial(jax.jit, static_argnums=1, compiler_options=xla_options.draw_options())
+    @functools.partial(jax.jit, static_argnums=1, compiler_options=xla_options.compiler_options())
     def sample_chunk(start, n: int, data=None):
         return sampler(start + jnp.arange(n), data)
 

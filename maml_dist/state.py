@@ -163,7 +163,7 @@ def init_state(model, example_input, tx, seed: int, algorithm, sharding) -> Trai
     return jax.jit(
         lambda: create_train_state(model, example_input, tx, seed, algorithm),
         out_shardings=sharding,
-        compiler_options=xla_options.draw_options(next(iter(sharding.device_set)).platform),
+        compiler_options=xla_options.compiler_options(next(iter(sharding.device_set)).platform),
     )()
 
 
