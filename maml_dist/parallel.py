@@ -523,7 +523,7 @@ def make_chunk_sample(sampler: Callable) -> Callable:
 
     `sampler` is `make_chunk_sampler`'s; the result feeds `make_multi_step_over`. The
     two programs together run what `make_multi_step(train_step, sampler)` runs in one,
-    but compile separately: in two threads, side by side (the trainer's `_DeviceRun`).
+    but compile separately, side by side (the trainer's `_DeviceRun`).
     """
 
     @functools.partial(jax.jit, static_argnums=1, compiler_options=xla_options.compiler_options())

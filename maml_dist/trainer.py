@@ -124,16 +124,14 @@ def train_and_evaluate(
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.max_to_keep)
     run = None
     if problem.sample_fn is not None:
-        # Starts compiling the meta-step now, beside everything below (unless the run is
-        # over already: a finished run resumed only writes its final records).
+        # Starts compiling the steps' program now, beside everything below (unless the
+        # run is over already: a finished run resumed only writes its final records).
         latest = ckpt.latest_step()
         ahead = latest is None or latest < config.num_steps
         abstract = state_lib.abstract_state(*init, replicated) if ahead else None
         run = _DeviceRun(config, problem, spec, mesh, train_step, abstract)
     state = state_lib.init_state(*init, replicated)
     state = recovery.resume(ckpt, state)
-    if run is not None:
-        run.compile_sampler()  # beside the steps' compile (see `_DeviceRun`)
     try:
         # A write that fails (a full disk, no permission) stops the run here, in one line.
         with checkpointing.quiet_closed_loop():
@@ -177,8 +175,12 @@ def _train(config, workdir, problem, split_record, mesh, train_step, run, schedu
                 recorded_split.write(workdir, split_record)
     writer = MetricWriter(workdir, is_main, resume_step=step)
     drawings = _Drawings(writer)
-    # The meta-step's compiles come first; the validation takes the core the shorter frees.
-    after = run.shorter if isinstance(run, _DeviceRun) else None
+    after = None
+    if isinstance(run, _DeviceRun):
+        # Beside the steps' compile; the validation starts after it, on the core it frees
+        # (and `shorter` must be resolved before anything waits on it).
+        run.compile_sampler()
+        after = run.shorter
     monitor = _start_monitor(config, problem, replicated, state.meta_params, after)
 
     layout = parallel.TaskLayout(config.meta_batch_size, mesh.shape[parallel.AXIS])
@@ -264,17 +266,19 @@ class _DeviceRun:
     state. Where a chunk's tasks are sampled ahead (`_chunk_sampler`), sampling is a
     second program (the sinusoid paper run's compile in 0.5 s and 1.1 s, as one program
     in 1.65 s), which the caller compiles after the state (`compile_sampler`): two
-    compiles at a time on two cores, not three with the state's initialisation. That
-    brought the sinusoid paper run's first chunk 0.3 to 0.8 s sooner (three pairs of
-    runs; README, "The trainer against a hand-written loop", version 0.8). Other lengths
-    compile on first use.
+    compiles at a time on two cores, not three with the state's initialisation. The
+    sinusoid paper run's first chunk ended 0.2 to 0.6 s sooner (four pairs of runs;
+    README, "The trainer against a hand-written loop", version 0.8). Other lengths
+    compile on first use. (A resumed run whose first chunk has another length compiles
+    the sampler before it too: ~0.5 s once, for the chunks after it.)
 
-    `shorter` is the compile that ends first (the sampling's, or the only one): a core
-    is free after it.
+    `shorter` is the sampler's compile (set by `compile_sampler`), or the only one: a
+    core is free after it.
 
     A compile is local to its process (nothing runs), so this holds on any number of
     devices and processes. JAX settings a caller scoped to its own thread
-    (`jax.enable_x64`, ...) do not reach the threads; the trainer sets none.
+    (`jax.enable_x64`, ...) reach the sampler's compile but not the steps'; the trainer
+    sets none.
     """
 
     def __init__(self, config, problem: Problem, spec, mesh, train_step, abstract_state):
@@ -321,8 +325,9 @@ class _DeviceRun:
     def compile_sampler(self) -> None:
         """Compiles the chunk sampler ahead, in this thread, unless done or not needed.
 
-        The trainer calls it once the state is built; the first chunk would otherwise.
-        A failed compile is raised by that chunk, as the steps' would be.
+        The trainer calls it once the state is built, before the validation's thread
+        (which waits on `shorter`) starts; the first chunk of the usual length would
+        otherwise. A failed compile is raised by that chunk, as the steps' would be.
         """
         args, self._sampler_args = self._sampler_args, None
         if args is None:
@@ -330,8 +335,8 @@ class _DeviceRun:
         try:
             compiled = self.sample.lower(*args).compile()
         except BaseException as e:
-            # Raised by `compiled.result()` at the first chunk; the validation's thread,
-            # waiting on `shorter`, is released either way (Ctrl-C included).
+            # Raised by `compiled.result()` at the first chunk of the usual length;
+            # `shorter` is resolved either way (Ctrl-C included), so no waiter hangs.
             self.shorter.set_exception(e)
             if not isinstance(e, Exception):
                 raise
@@ -369,8 +374,8 @@ def _start_monitor(config, problem, replicated, meta_params, after) -> Future:
 
     Building it samples the fixed validation tasks, and its first use compiles the
     validation programs: about 1.5 s of the sinusoid paper run (README, "The trainer
-    against a hand-written loop") that a thread does once `after` (the first of the
-    meta-step's compiles to end) is done, beside the rest of them and the first chunks:
+    against a hand-written loop") that a thread does once `after` (the sampler's
+    compile, or the only one) is done, beside the steps' compile and the first chunks:
     begun beside all of them, on two cores, it made the meta-step's compile, the run's
     critical path, 0.6 to 0.9 s longer. The thread scores a copy
     of the initial meta-parameters on one chunk of the tasks to compile those programs

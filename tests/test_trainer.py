@@ -244,6 +244,19 @@ def test_chunk_program_compiled_ahead_equals_the_jitted_one():
     assert int(a.step) == ahead.length + 3
 
 
+def test_the_validation_starts_after_the_sampler_is_compiled(tmp_path, monkeypatch):
+    # The validation's thread waits on `shorter`, which only `compile_sampler` resolves.
+    start, seen = trainer._start_monitor, []
+
+    def checked(config, problem, replicated, meta_params, after):
+        seen.append(after is not None and after.done())
+        return start(config, problem, replicated, meta_params, after)
+
+    monkeypatch.setattr(trainer, "_start_monitor", checked)
+    trainer.train_and_evaluate(tiny_config(num_steps=20), str(tmp_path))
+    assert seen == [True]
+
+
 def test_a_failed_sampler_compile_is_raised_by_the_first_chunk(monkeypatch):
     ahead, new_state, _ = _device_run()
 
@@ -252,7 +265,7 @@ def test_a_failed_sampler_compile_is_raised_by_the_first_chunk(monkeypatch):
             raise RuntimeError("no sampler today")
 
     monkeypatch.setattr(ahead, "sample", Broken())
-    ahead.compile_sampler()  # the validation's thread waiting on it is released
+    ahead.compile_sampler()  # resolves `shorter`: nothing waiting on it can hang
     assert isinstance(ahead.shorter.exception(), RuntimeError)
     with pytest.raises(RuntimeError, match="no sampler today"):
         ahead(new_state(), ahead.length)
