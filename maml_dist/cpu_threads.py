@@ -124,7 +124,9 @@ def apply(threads: int, strict: bool = True) -> bool:
             _told = True
         return False
     started = _backends_started()
-    if str(threads) in (str(_applied), _ENV_AT_IMPORT if started else os.environ.get(ENV)):
+    # The variable's value the pool was (or will be) made with.
+    current = _ENV_AT_IMPORT if started else os.environ.get(ENV)
+    if threads == _applied or current == str(threads):
         return True
     if started:
         message = (
