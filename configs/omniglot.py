@@ -101,6 +101,9 @@ def get_config(variant: str | None = "5w1s") -> ml_collections.ConfigDict:
     c.mamlpp.doa_steps = -1  # derivative-order annealing: first order before this step
     c.task_batching = "auto"
     c.reduction = "sum"
+    # With vmap: a device's tasks in batched groups of this many, one after another
+    # (memory and compile shapes of a group, not of the meta-batch); 0: all at once.
+    c.tasks_per_vmap = 0
     # XLA's CPU thread pool (maml_dist/cpu_threads.py): 0, one thread per core; the convs
     # need them (Omniglot 5-way 1-shot on 2 cores: 58 tasks/s, 41 on one thread).
     c.cpu_threads = 0

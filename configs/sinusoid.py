@@ -68,6 +68,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     # ("sum" | "ordered": bit-identical results for any device count). README, "Sharding".
     c.task_batching = "vmap"
     c.reduction = "sum"
+    # With vmap: a device's tasks in batched groups of this many, one after another
+    # (memory and compile shapes of a group, not of the meta-batch); 0: all at once.
+    c.tasks_per_vmap = 0
     # XLA's CPU thread pool (maml_dist/cpu_threads.py): one thread. This net is too small
     # to gain from two: the meta-step ran 172-175 us on one, 191-192 us on two (2 cores),
     # the other core left to compiles, validations and checkpoints. 0: one per core.

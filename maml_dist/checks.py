@@ -46,6 +46,7 @@ _OPTIONAL_POSITIVE_INTS = (
 )
 _OPTIONAL_NON_NEGATIVE_INTS = (
     "seed",
+    "tasks_per_vmap",
     "inner_unroll",
     "omniglot.num_validation",
     "omniglot.split_seed",
@@ -125,6 +126,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                 f"config.{name} must be one of {', '.join(map(repr, allowed))}, got "
                 f"{config[name]!r}; pass e.g. --config.{name}={allowed[0]}"
             )
+    if _get(config, "tasks_per_vmap") and config.task_batching in ("loop", "unroll"):
+        raise UserInputError(
+            f"config.tasks_per_vmap={config.tasks_per_vmap} groups vmapped tasks, but "
+            f"config.task_batching={config.task_batching!r} runs them one at a time; pass "
+            f"--config.task_batching=vmap, or --config.tasks_per_vmap=0"
+        )
     dtype = _get(config, "model.compute_dtype")
     if dtype is not None and dtype not in models.COMPUTE_DTYPES:
         raise UserInputError(
@@ -232,6 +239,27 @@ def check_meta_batch(meta_batch_size: int, num_devices: int, pad: bool) -> None:
     )
 
 
+def check_tasks_per_vmap(tasks_per_vmap: int, per_device: int) -> None:
+    """Checks that `tasks_per_vmap` splits each device's `per_device` tasks into equal groups.
+
+    Equal groups keep the meta-batch's loss one gradient per group (`parallel.fuses_task_sum`)
+    and compile one group shape; 0, or at least `per_device`, runs all of them at once.
+
+    Raises:
+        UserInputError: naming the device's task count and the group sizes that divide it.
+    """
+    if tasks_per_vmap <= 0 or tasks_per_vmap >= per_device or per_device % tasks_per_vmap == 0:
+        return
+    divisors = [d for d in range(1, per_device) if per_device % d == 0]
+    below = max(d for d in divisors if d < tasks_per_vmap)
+    above = [d for d in divisors if d > tasks_per_vmap][:1] or [per_device]
+    raise UserInputError(
+        f"config.tasks_per_vmap={tasks_per_vmap} does not divide the {per_device} tasks each "
+        f"device runs per meta-step; pass a divisor of {per_device} (e.g. "
+        f"--config.tasks_per_vmap={below} or {above[0]}), or 0 for all at once"
+    )
+
+
 def check_workdir_writable(workdir: str) -> None:
     """Creates `workdir` if needed and checks that files can be written in it.
 
@@ -267,6 +295,9 @@ RESUMABLE_CHANGES = frozenset(
         # The CPU thread pool changes the rounding, not the training: a run moves to a
         # machine with other cores as it does from one device count to another.
         "cpu_threads",
+        # Grouping a device's tasks changes memory and rounding, not the tasks or the
+        # objective: a run resumed on a smaller accelerator may need smaller groups.
+        "tasks_per_vmap",
         "data_dir",  # the same data may live elsewhere on another machine
         # What to do on a non-finite step: a finite run trains the same either way, and a
         # stopped run is resumed with "skip" (or more skips) in the same workdir.

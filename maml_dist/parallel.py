@@ -124,6 +124,10 @@ class MetaBatch:
             global task order on every device (a meta_batch x parameters psum), which with
             "loop" makes results bit-identical for any device or process count.
         fuse_collectives: False: one psum per leaf, only to measure what fusing saves.
+        tasks_per_vmap: with "vmap", how many of a device's tasks one batched program
+            adapts to at a time (`lax.map` over groups of this size); 0, or at least the
+            device's task count, for all at once. Memory then grows with the group, not
+            with the meta-batch, and XLA compiles the group's shapes.
     """
 
     algorithm: Algorithm
@@ -134,6 +138,7 @@ class MetaBatch:
     batching: str = "vmap"
     reduction: str = "sum"
     fuse_collectives: bool = True
+    tasks_per_vmap: int = 0
 
 
 def task_terms(
@@ -179,7 +184,18 @@ def task_terms(
     if spec.batching == "unroll":
         outs = [one(jax.tree.map(lambda a, j=j: a[j], xs)) for j in range(indices.shape[0])]
         return jax.tree.map(lambda *a: jnp.stack(a), *outs)
+    if _vmap_groups(spec, indices.shape[0]) > 1:
+        # A group that does not divide the tasks leaves a smaller last one (lax.map's rule).
+        return jax.lax.map(one, xs, batch_size=spec.tasks_per_vmap)
     return jax.vmap(one)(xs)
+
+
+def _vmap_groups(spec: MetaBatch, num_tasks: int) -> int:
+    """How many vmapped groups a device's `num_tasks` tasks run in (`tasks_per_vmap`)."""
+    size = spec.tasks_per_vmap
+    if spec.batching != "vmap" or size <= 0 or size >= num_tasks:
+        return 1
+    return -(-num_tasks // size)
 
 
 def _device_tasks(layout: TaskLayout) -> tuple[jax.Array, jax.Array]:
@@ -230,7 +246,8 @@ def fuses_task_sum(spec: MetaBatch, layout: TaskLayout) -> bool:
     """Whether the meta-step takes one gradient of the weighted meta-batch loss.
 
     It does when the algorithm has a `meta_loss`, nothing needs per-task gradients (tasks
-    batched with vmap and summed: "sum", fused collectives) and `layout` pads no task.
+    batched with vmap and summed: "sum", fused collectives), `layout` pads no task, and
+    `tasks_per_vmap` (if set) divides a device's tasks: one gradient per group then.
 
     Per-task gradients of shared weights are batched matrix products, one per task, and
     then a sum; one gradient of the sum leaves XLA free to contract over the tasks inside
@@ -246,6 +263,10 @@ def fuses_task_sum(spec: MetaBatch, layout: TaskLayout) -> bool:
         and spec.reduction == "sum"
         and spec.fuse_collectives
         and layout.padded_size == spec.meta_batch_size
+        and (
+            _vmap_groups(spec, layout.per_device) == 1
+            or layout.per_device % spec.tasks_per_vmap == 0
+        )
     )
 
 
@@ -259,10 +280,27 @@ def weighted_task_sum(
     padded tasks (`fuses_task_sum`); the `jnp.where` keeps a padded task's value out of
     the sum, not its backward pass.
 
+    With `tasks_per_vmap` groups, each group's sum is one gradient, and the groups run one
+    after another (`lax.map`), their sums added at the end.
+
     Returns:
         `(grads, metrics)`: grads shaped like `meta_params`, metrics as in `task_terms`,
         each summed over the tasks with their weights.
     """
+    groups = _vmap_groups(spec, indices.shape[0])
+    if groups == 1:
+        return _group_sum(spec, meta_params, step, indices, tasks, measure, data)
+    # lax.map, not a scan with a running total: the total would be a carry that starts
+    # device-invariant (zeros) and comes back device-varying, which shard_map refuses.
+    grouped = jax.tree.map(lambda a: a.reshape(groups, -1, *a.shape[1:]), (indices, tasks))
+    sums = jax.lax.map(
+        lambda g: _group_sum(spec, meta_params, step, *g, measure=measure, data=data), grouped
+    )
+    return jax.tree.map(lambda a: jnp.sum(a, axis=0), sums)
+
+
+def _group_sum(spec: MetaBatch, meta_params, step, indices, tasks, measure, data):
+    """`weighted_task_sum` of the tasks `indices`, all in one vmapped gradient."""
     root = stream_key(spec.seed, TRAIN_STREAM)
     weights = task_weights(indices, spec.meta_batch_size)
     tasks = jax.vmap(lambda i, t: _task(spec, root, step, i, t, data))(indices, tasks)
@@ -410,7 +448,7 @@ def reference_meta_grads(
     """
     size = spec.meta_batch_size if tasks is None else tasks.support_x.shape[0]
     indices = jnp.arange(size)
-    vmapped = dataclasses.replace(spec, batching="vmap")
+    vmapped = dataclasses.replace(spec, batching="vmap", tasks_per_vmap=0)
     terms = task_terms(vmapped, meta_params, step, indices, tasks, data=data)
     rows, unravel = weighted_rows(terms, task_weights(indices, spec.meta_batch_size))
     return unravel(jnp.sum(rows, axis=0))
@@ -552,4 +590,5 @@ def meta_batch_spec(config: ml_collections.ConfigDict, problem) -> MetaBatch:
         seed=config.seed,
         batching=resolve_batching(config.task_batching),
         reduction=config.reduction,
+        tasks_per_vmap=config.get("tasks_per_vmap", 0),
     )

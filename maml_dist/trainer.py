@@ -65,6 +65,11 @@ def check_inputs(
             "pass the data this run was trained on (--config.data_dir), or start a new --workdir",
         )
     checks.check_meta_batch(config.meta_batch_size, num_devices, config.pad_meta_batch)
+    if parallel.resolve_batching(config.task_batching) == "vmap":
+        checks.check_tasks_per_vmap(
+            config.get("tasks_per_vmap", 0),
+            parallel.TaskLayout(config.meta_batch_size, num_devices).per_device,
+        )
     checks.check_workdir_writable(workdir)
     saved = os.path.join(workdir, "config.json")
     if os.path.exists(saved):

@@ -10,7 +10,11 @@ one after another in one process, so compare rows of one run.
 
     python scripts/bench_omniglot_step.py [--reps=5] [--steps=5] [--batchings=vmap,loop,unroll]
         [--conv_impls=xla,im2col] [--algorithms=maml,anil] [--inner_steps=1]
-        [--compute_dtypes=float32,bfloat16]
+        [--compute_dtypes=float32,bfloat16] [--tasks_per_vmap=0,32]
+
+--tasks_per_vmap runs vmap's tasks in groups of that size, one group after another
+(`config.tasks_per_vmap`; 0: all at once). Each row gives XLA's temporary memory of the
+compiled steps (`temp MiB`), what grouping bounds.
 
 --compute_dtypes times the network in each `config.model.compute_dtype` (parameters,
 meta-gradients and Adam are float32 either way); it measures speed only (README,
@@ -65,6 +69,7 @@ def measure(
     flops: bool = True,
     compute_dtype: str = "float32",
     inner_unroll: int = 1,
+    tasks_per_vmap: int = 0,
 ) -> dict:
     """Times `steps` meta-steps of one configuration, as one jitted `lax.scan`.
 
@@ -79,11 +84,13 @@ def measure(
         flops: whether to count FLOPs where XLA's count is meaningful (see below).
         compute_dtype: the network's `compute_dtype` ("float32" or "bfloat16").
         inner_unroll: `InnerConfig.unroll`: inner loops up to this many steps unrolled.
+        tasks_per_vmap: with vmap, tasks per batched group (0: all at once).
 
     Returns:
-        conv_impl, task_batching, compute_dtype and inner_unroll as run, compile_s (lower +
-        compile of the scanned steps), tasks_per_sec, steps_per_sec and gflop_per_task
-        (None where not counted).
+        conv_impl, task_batching, compute_dtype, inner_unroll and tasks_per_vmap as run,
+        compile_s (lower + compile of the scanned steps), temp_bytes (XLA's temporary
+        memory of that program), tasks_per_sec, steps_per_sec and gflop_per_task (None
+        where not counted).
     """
     conv_impl = models.resolve_conv_impl(conv_impl)
     batching = parallel.resolve_batching(batching)
@@ -106,7 +113,10 @@ def measure(
         if batching == "unroll":
             g = [one(jax.tree.map(lambda a, i=i: a[i], tasks)) for i in range(n)]
             return jax.tree.map(lambda *xs: sum(xs) / n, *g)
-        g = jax.vmap(one)(tasks) if batching == "vmap" else jax.lax.map(one, tasks)
+        if batching == "vmap" and 0 < tasks_per_vmap < n:
+            g = jax.lax.map(one, tasks, batch_size=tasks_per_vmap)  # as parallel.task_terms
+        else:
+            g = jax.vmap(one)(tasks) if batching == "vmap" else jax.lax.map(one, tasks)
         return jax.tree.map(lambda x: x.mean(0), g)
 
     # The tasks are an argument, not a closed-over constant that XLA would fold.
@@ -122,6 +132,8 @@ def measure(
     t0 = time.perf_counter()
     compiled = run.lower(params, tx.init(params), tasks).compile()
     compile_s = time.perf_counter() - t0
+    memory = compiled.memory_analysis()
+    temp_bytes = None if memory is None else memory.temp_size_in_bytes
     carry = compiled(params, tx.init(params), tasks)
     jax.block_until_ready(carry)
     times = []
@@ -145,6 +157,8 @@ def measure(
         "task_batching": batching,
         "compute_dtype": compute_dtype,
         "inner_unroll": inner_unroll,
+        "tasks_per_vmap": tasks_per_vmap if batching == "vmap" else 0,
+        "temp_bytes": temp_bytes,
         "compile_s": compile_s,
         "steps_per_sec": steps_per_sec,
         "tasks_per_sec": n * steps_per_sec,
@@ -166,6 +180,9 @@ def main() -> None:
     parser.add_argument(
         "--inner_unrolls", default="1", help="InnerConfig.unroll values, comma-separated"
     )
+    parser.add_argument(
+        "--tasks_per_vmap", default="0", help="vmap group sizes, comma-separated (0: all)"
+    )
     args = parser.parse_args()
     n = args.meta_batch
     tasks = make_tasks(n, args.queries)
@@ -176,16 +193,19 @@ def main() -> None:
     print(f"{args.steps} meta-steps per jitted call (a lax.scan, as in the trainer)")
     print(
         "| algorithm | conv_impl | task_batching | compute_dtype | inner_unroll "
-        "| first compile s | tasks/s | GFLOP/task |"
+        "| tasks_per_vmap | first compile s | tasks/s | temp MiB | GFLOP/task |"
     )
-    print("|---|---|---|---|---:|---:|---:|---:|")
-    for name, conv_impl, batching, dtype, unroll in itertools.product(
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|")
+    for name, conv_impl, batching, dtype, unroll, per_vmap in itertools.product(
         args.algorithms.split(","),
         args.conv_impls.split(","),
         args.batchings.split(","),
         args.compute_dtypes.split(","),
         [int(u) for u in args.inner_unrolls.split(",")],
+        [int(k) for k in args.tasks_per_vmap.split(",")],
     ):
+        if per_vmap and parallel.resolve_batching(batching) != "vmap":
+            continue  # groups only split vmap's batch
         r = measure(
             name,
             conv_impl,
@@ -196,11 +216,14 @@ def main() -> None:
             args.inner_steps,
             compute_dtype=dtype,
             inner_unroll=unroll,
+            tasks_per_vmap=per_vmap,
         )
+        temp = "n/a" if r["temp_bytes"] is None else f"{r['temp_bytes'] / 2**20:.0f}"
         gflop = "n/a" if r["gflop_per_task"] is None else f"{r['gflop_per_task']:.3f}"
         print(
             f"| {name} | {r['conv_impl']} | {r['task_batching']} | {dtype} | {unroll} | "
-            f"{r['compile_s']:.1f} | {r['tasks_per_sec']:.1f} | {gflop} |",
+            f"{r['tasks_per_vmap']} | {r['compile_s']:.1f} | {r['tasks_per_sec']:.1f} | "
+            f"{temp} | {gflop} |",
             flush=True,
         )
 

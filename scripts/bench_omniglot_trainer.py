@@ -7,7 +7,7 @@ time of the first training program, and host data time against the step time.
 
     python scripts/bench_omniglot_trainer.py --data_dir=../shared/data/omniglot \
         [--steps=150] [--log_every=30] [--num_query=15] [--task_batching=auto] \
-        [--conv_impl=auto] [--data_placement=host]
+        [--conv_impl=auto] [--data_placement=host] [--meta_batch=32] [--tasks_per_vmap=0]
 
 `--conv_impl=auto` (the default) is the trainer's choice for the backend: "slices" on CPU
 since maml_dist 0.5, "im2col" before, so the README's CPU numbers measured before 0.5 name
@@ -44,6 +44,7 @@ def measure(
     conv_impl: str = "auto",
     cache_dir: str = "",
     data_placement: str = "host",
+    tasks_per_vmap: int = 0,
 ) -> dict:
     """Trains `steps` steps in a temporary workdir on the first device; returns the numbers.
 
@@ -57,6 +58,7 @@ def measure(
         conv_impl: the config's model.conv_impl (likewise).
         cache_dir: where the decoded images are cached ("": the user's cache).
         data_placement: where episodes are drawn, "host" (the feed) or "device".
+        tasks_per_vmap: the config's tasks_per_vmap (0: a device's tasks all at once).
 
     Returns:
         wall_s (the whole `train_and_evaluate` call), compiles (seconds of each XLA
@@ -76,6 +78,7 @@ def measure(
         eval_inner_steps=1,
         task_batching=task_batching,
         data_placement=data_placement,
+        tasks_per_vmap=tasks_per_vmap,
     )
     config.model.conv_impl = conv_impl
     config.omniglot.cache_dir = cache_dir
@@ -104,21 +107,26 @@ def main() -> None:
     parser.add_argument("--task_batching", default="auto")
     parser.add_argument("--conv_impl", default="auto")
     parser.add_argument("--data_placement", default="host", choices=("host", "device"))
+    parser.add_argument("--meta_batch", type=int, default=32)
+    parser.add_argument("--tasks_per_vmap", type=int, default=0, help="0: all at once")
     args = parser.parse_args()
     r = measure(
         args.data_dir,
         args.steps,
         args.log_every,
         args.num_query,
+        args.meta_batch,
         task_batching=args.task_batching,
         conv_impl=args.conv_impl,
         data_placement=args.data_placement,
+        tasks_per_vmap=args.tasks_per_vmap,
     )
     compiles = r["compiles"]
     print(
         f"{jax.devices()[0].platform}, 1 device: 5-way 1-shot, {args.num_query} query/class, "
-        f"meta-batch 32, 1 inner step, second order, {r['conv_impl']} convs, "
-        f"{r['task_batching']} task batching; {args.steps} steps in {r['wall_s']:.1f} s wall"
+        f"meta-batch {args.meta_batch}, 1 inner step, second order, {r['conv_impl']} convs, "
+        f"{r['task_batching']} task batching (tasks_per_vmap {args.tasks_per_vmap}); "
+        f"{args.steps} steps in {r['wall_s']:.1f} s wall"
     )
     print(f"longest single XLA compile: {max(compiles):.1f} s ({len(compiles)} compiles)")
     print("| steps | tasks/s | data s/step (host, overlapped) | data wait s/step |")

@@ -30,6 +30,10 @@ loops, and on CPU the same with the bare sinusoid loop and without meta-batch 12
     omniglot_trainer_device_mbN
                             the same with config.data_placement="device": the training
                             images on the device, episodes drawn in the compiled step
+    omniglot_step_mb512_tpv128, omniglot_trainer_device_mb512_tpv128
+                            meta-batch 512 run as four vmapped groups of 128 tasks
+                            (config.tasks_per_vmap=128), against 512 at once: on
+                            accelerators only, where tasks are vmapped
     sinusoid_step_1proc     the sinusoid meta-step (meta-batch 24) on 1 process x 8 CPU
     sinusoid_step_2proc     devices, and on 2 local processes x 4 over loopback
     sinusoid_bare_device    the bare loop's split, named in --settings only: sampling
@@ -81,13 +85,20 @@ BARE = {
     "sinusoid_bare_host_jax": "host_jax",
     "sinusoid_bare_scan_host": "scan_host",
 }
+# Meta-batch 512 in vmapped groups of 128 (config.tasks_per_vmap), beside 512 at once.
+GROUPED = ("omniglot_step_mb512_tpv128", "omniglot_trainer_device_mb512_tpv128")
 SETTINGS = (
     "sinusoid_bare_loop",  # before the trainer run, whose record then holds the ratio
     "sinusoid_paper",
     "sinusoid_paper_cached",
+    # On an accelerator, whose check has a time budget (scripts/gpu_check.sh), what its
+    # targets name comes first: the step, the trainer with episodes drawn on the device,
+    # meta-batch 512 in groups; the host feed last of the Omniglot settings.
     *(f"omniglot_step_mb{n}" for n in META_BATCHES),
-    *(f"omniglot_trainer_mb{n}" for n in META_BATCHES),
+    GROUPED[0],
     *(f"omniglot_trainer_device_mb{n}" for n in META_BATCHES),
+    GROUPED[1],
+    *(f"omniglot_trainer_mb{n}" for n in META_BATCHES),
     "sinusoid_step_1proc",
     "sinusoid_step_2proc",
     "sinusoid_bare_device",
@@ -98,7 +109,7 @@ SETTINGS = (
 )
 CPU_SLOW = {
     f"omniglot_{kind}_mb{n}" for kind in ("step", "trainer", "trainer_device") for n in (128, 512)
-}
+} | set(GROUPED)
 # Run only when named: the bare loop's split into its parts.
 NAMED_ONLY = set(BARE) - {"sinusoid_bare_loop"}
 # In the default on CPU only, where the target against it is set: 70,000 dispatches take
@@ -254,8 +265,11 @@ def _measure(run: _Run, name: str) -> dict:
         return _sinusoid_paper(run, cached=name.endswith("_cached"))
     if name.startswith("sinusoid_step_"):
         return _processes(run, 2 if name.endswith("2proc") else 1)
-    kind, placement, mb = re.fullmatch(r"omniglot_(step|trainer)(_device)?_mb(\d+)", name).groups()
+    kind, placement, mb, per_vmap = re.fullmatch(
+        r"omniglot_(step|trainer)(_device)?_mb(\d+)(?:_tpv(\d+))?", name
+    ).groups()
     params = {"meta_batch": int(mb), "ways": 5, "shots": 1, "queries": 15, "inner_steps": 1}
+    params["tasks_per_vmap"] = int(per_vmap or 0)
     if kind == "step":
         params.update(algorithm="maml", batching="auto", conv_impl=run.args.conv_impl)
         params.update(run.size(STEP))
@@ -530,10 +544,11 @@ def _child(args: argparse.Namespace) -> None:
             params["reps"],
             params["inner_steps"],
             flops=False,
+            tasks_per_vmap=params.get("tasks_per_vmap", 0),
         )
         # The choices "auto" resolved to on this backend.
         params.update(conv_impl=r["conv_impl"], batching=r["task_batching"])
-        record = {k: r[k] for k in ("compile_s", "steps_per_sec", "tasks_per_sec")}
+        record = {k: r[k] for k in ("compile_s", "steps_per_sec", "tasks_per_sec", "temp_bytes")}
     else:
         import bench_omniglot_trainer
 
@@ -546,6 +561,7 @@ def _child(args: argparse.Namespace) -> None:
             cache_dir=params["cache_dir"],
             data_placement=params.get("data_placement", "host"),
             conv_impl=params.get("conv_impl", "auto"),
+            tasks_per_vmap=params.get("tasks_per_vmap", 0),
         )
         params["conv_impl"] = r["conv_impl"]  # "auto" resolved on this backend
         steady = r["steady"]

@@ -3,10 +3,11 @@
 # has its own time limit (a failing part does not stop the others):
 #   1. scripts/benchmark.py, every standard setting (README "Benchmarks"): the sinusoid
 #      paper run into an empty compilation cache and again from it, the Omniglot 5-way
-#      1-shot step and trainer (host feed, and episodes drawn on the device) at meta-batch
-#      32/128/512, the sinusoid step on 1 and 2
-#      processes; one JSON record per setting in DIR/benchmark.jsonl. A time budget makes
-#      it skip (with a record saying so) what would not fit;
+#      1-shot step and trainer (episodes drawn on the device, then the host feed) at
+#      meta-batch 32/128/512, meta-batch 512 also in vmapped groups of 128
+#      (config.tasks_per_vmap), the sinusoid step on 1 and 2 processes; one JSON record
+#      per setting in DIR/benchmark.jsonl. A time budget makes it skip (with a record
+#      saying so) what would not fit;
 #   2. the meta-test of that cold sinusoid run: its accuracy on this backend.
 # With ALGORITHMS=1, also Omniglot minimal 5-way 1-shot for every algorithm, 500 meta-steps
 # each (the CPU table's command), train + meta-test: about 280 s more, past the 8 minutes.

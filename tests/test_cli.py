@@ -66,6 +66,16 @@ def trained(tmp_path_factory):
         (["--config.seed=-1"], "config.seed must be a non-negative integer, got -1"),
         (["--config.cpu_threads=-1"], "config.cpu_threads must be an integer from 0 to 256"),
         (
+            ["--config.tasks_per_vmap=3", "--cpu_devices=2"],
+            "config.tasks_per_vmap=3 does not divide the 8 tasks each device runs per "
+            "meta-step; pass a divisor of 8 (e.g. --config.tasks_per_vmap=2 or 4), or 0",
+        ),
+        (
+            ["--config.tasks_per_vmap=4", "--config.task_batching=loop"],
+            "config.tasks_per_vmap=4 groups vmapped tasks, but config.task_batching='loop' "
+            "runs them one at a time; pass --config.task_batching=vmap, or",
+        ),
+        (
             ["--config.eval_tasks=3000000000"],
             "config.eval_tasks must be a positive integer of at most",
         ),

@@ -227,10 +227,52 @@ def test_the_meta_batch_loss_is_differentiated_once_where_the_algorithm_allows()
         {"reduction": "ordered"},
         {"fuse_collectives": False},
         {"algorithm": spec.algorithm._replace(meta_loss=None)},  # iMAML, Reptile
+        {"tasks_per_vmap": 5},  # groups of 5, 5 and 2 for a device's 12 tasks (2 devices)
     ):
-        assert not parallel.fuses_task_sum(dataclasses.replace(spec, **change), layout)
+        assert not parallel.fuses_task_sum(
+            dataclasses.replace(spec, **change), parallel.TaskLayout(24, 2)
+        )
+    # Groups of 4 of those 12: one gradient of each group's sum.
+    assert parallel.fuses_task_sum(
+        dataclasses.replace(spec, tasks_per_vmap=4), parallel.TaskLayout(24, 2)
+    )
     # Padding: a padded task's backward pass would still run in one gradient of the sum.
     assert not parallel.fuses_task_sum(spec, parallel.TaskLayout(24, 5))
+
+
+@pytest.mark.parametrize("num_devices", [1, 2, 4, 8])
+def test_vmap_groups_equal_the_reference(num_devices):
+    # 24 tasks: 24, 12, 6 or 3 a device. Groups of 3 divide each (one gradient a group,
+    # summed); groups of 5 leave a smaller last group (per-task gradients, lax.map's rule)
+    # or exceed a device's 3 tasks (all at once). MAML fuses the sum; Meta-SGD never does.
+    for algorithm in ("maml", "metasgd"):
+        spec, params = _spec(24, inner_steps=2, algorithm=algorithm, tasks_per_vmap=3)
+        reference = _reference(spec, params)
+        layout = parallel.TaskLayout(24, num_devices)
+        for size in (3, 5):
+            grouped = dataclasses.replace(spec, tasks_per_vmap=size)
+            fused = parallel.fuses_task_sum(grouped, layout)
+            whole = size >= layout.per_device or layout.per_device % size == 0
+            assert fused == (algorithm == "maml" and whole)
+            chex.assert_trees_all_close(
+                _sharded(grouped, params, num_devices), reference, rtol=RTOL, atol=ATOL
+            )
+
+
+def test_vmap_groups_bound_the_steps_memory():
+    # XLA's temporary memory of the meta-gradient holds every vmapped task's activations
+    # at once: with groups it holds one group's, so it falls with the group size.
+    spec, params = _spec(64, inner_steps=5)
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    rep = parallel.replicated(mesh)
+    args = (jax.device_put(params, rep), jax.device_put(jnp.int32(STEP), rep))
+
+    def temp_bytes(size):
+        fn = parallel.make_meta_grad_fn(dataclasses.replace(spec, tasks_per_vmap=size), mesh)
+        return jax.jit(fn).lower(*args).compile().memory_analysis().temp_size_in_bytes
+
+    whole, by_16, by_4 = temp_bytes(0), temp_bytes(16), temp_bytes(4)
+    assert by_4 < by_16 < whole / 2, (whole, by_16, by_4)
 
 
 def test_a_diverged_padded_task_reaches_neither_gradient_nor_metrics():
