@@ -247,6 +247,7 @@ def test_vmap_groups_equal_the_reference(num_devices):
     # or exceed a device's 3 tasks (all at once). MAML fuses the sum; Meta-SGD never does.
     for algorithm in ("maml", "metasgd"):
         spec, params = _spec(24, inner_steps=2, algorithm=algorithm, tasks_per_vmap=3)
+        assert spec.tasks_per_vmap == 3  # from the config
         reference = _reference(spec, params)
         layout = parallel.TaskLayout(24, num_devices)
         for size in (3, 5):
