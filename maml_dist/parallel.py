@@ -185,7 +185,9 @@ def task_terms(
         outs = [one(jax.tree.map(lambda a, j=j: a[j], xs)) for j in range(indices.shape[0])]
         return jax.tree.map(lambda *a: jnp.stack(a), *outs)
     if _vmap_groups(spec, indices.shape[0]) > 1:
-        # A group that does not divide the tasks leaves a smaller last one (lax.map's rule).
+        # The trainer only runs groups that divide a device's tasks (one compiled group
+        # shape); library callers may pass others, and lax.map runs the rest as a last,
+        # smaller group.
         return jax.lax.map(one, xs, batch_size=spec.tasks_per_vmap)
     return jax.vmap(one)(xs)
 
@@ -280,8 +282,8 @@ def weighted_task_sum(
     padded tasks (`fuses_task_sum`); the `jnp.where` keeps a padded task's value out of
     the sum, not its backward pass.
 
-    With `tasks_per_vmap` groups, each group's sum is one gradient, and the groups run one
-    after another (`lax.map`), their sums added at the end.
+    With `tasks_per_vmap` groups (which must divide the tasks), each group's sum is one
+    gradient, and the groups run one after another (`lax.map`), their sums added at the end.
 
     Returns:
         `(grads, metrics)`: grads shaped like `meta_params`, metrics as in `task_terms`,
@@ -290,8 +292,14 @@ def weighted_task_sum(
     groups = _vmap_groups(spec, indices.shape[0])
     if groups == 1:
         return _group_sum(spec, meta_params, step, indices, tasks, measure, data)
-    # lax.map, not a scan with a running total: the total would be a carry that starts
-    # device-invariant (zeros) and comes back device-varying, which shard_map refuses.
+    if indices.shape[0] % spec.tasks_per_vmap:
+        raise ValueError(
+            f"tasks_per_vmap={spec.tasks_per_vmap} does not divide the {indices.shape[0]} "
+            f"tasks; use task_terms, which leaves a smaller last group"
+        )
+    # Each group's sums stacked, then added: groups x parameters, small. A scan with a
+    # running total would hold one, but its zero start would need a pcast to match the
+    # device-varying sums shard_map carries, and this function also runs outside it.
     grouped = jax.tree.map(lambda a: a.reshape(groups, -1, *a.shape[1:]), (indices, tasks))
     sums = jax.lax.map(
         lambda g: _group_sum(spec, meta_params, step, *g, measure=measure, data=data), grouped

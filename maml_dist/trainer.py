@@ -65,10 +65,19 @@ def check_inputs(
             "pass the data this run was trained on (--config.data_dir), or start a new --workdir",
         )
     checks.check_meta_batch(config.meta_batch_size, num_devices, config.pad_meta_batch)
+    per_vmap = config.get("tasks_per_vmap", 0)
     if parallel.resolve_batching(config.task_batching) == "vmap":
         checks.check_tasks_per_vmap(
-            config.get("tasks_per_vmap", 0),
-            parallel.TaskLayout(config.meta_batch_size, num_devices).per_device,
+            per_vmap, parallel.TaskLayout(config.meta_batch_size, num_devices).per_device
+        )
+    elif per_vmap:
+        # Only "auto" gets here (validate_config refuses loop/unroll with groups): a config
+        # written for accelerators, run where tasks go one at a time anyway.
+        logging.warning(
+            "config.tasks_per_vmap=%d has no effect on %s: task_batching 'auto' runs a "
+            "device's tasks one at a time there",
+            per_vmap,
+            jax.default_backend(),
         )
     checks.check_workdir_writable(workdir)
     saved = os.path.join(workdir, "config.json")

@@ -547,7 +547,11 @@ def _child(args: argparse.Namespace) -> None:
             tasks_per_vmap=params.get("tasks_per_vmap", 0),
         )
         # The choices "auto" resolved to on this backend.
-        params.update(conv_impl=r["conv_impl"], batching=r["task_batching"])
+        params.update(
+            conv_impl=r["conv_impl"],
+            batching=r["task_batching"],
+            tasks_per_vmap=r["tasks_per_vmap"],
+        )
         record = {k: r[k] for k in ("compile_s", "steps_per_sec", "tasks_per_sec", "temp_bytes")}
     else:
         import bench_omniglot_trainer
@@ -564,6 +568,8 @@ def _child(args: argparse.Namespace) -> None:
             tasks_per_vmap=params.get("tasks_per_vmap", 0),
         )
         params["conv_impl"] = r["conv_impl"]  # "auto" resolved on this backend
+        if r["task_batching"] != "vmap":  # groups only split vmap's batch
+            params["tasks_per_vmap"] = 0
         steady = r["steady"]
         record = {
             "tasks_per_sec": r["steady_tasks_per_sec"],

@@ -258,12 +258,23 @@ def test_vmap_groups_equal_the_reference(num_devices):
             chex.assert_trees_all_close(
                 _sharded(grouped, params, num_devices), reference, rtol=RTOL, atol=ATOL
             )
+        # Tasks handed in (the host feed, or sampled ahead for a chunk) are grouped too:
+        # MAML's in equal groups, Meta-SGD's with a smaller last one.
+        size = 3 if algorithm == "maml" else 5
+        host_spec = dataclasses.replace(spec, sample_fn=None, tasks_per_vmap=size)
+        mesh = parallel.make_mesh(jax.devices()[:num_devices])
+        rep = parallel.replicated(mesh)
+        tasks = jax.device_put(_host_tasks(spec, 24), jax.sharding.NamedSharding(mesh, P("tasks")))
+        fn = jax.jit(parallel.make_meta_grad_fn(host_spec, mesh))
+        given = fn(jax.device_put(params, rep), jax.device_put(jnp.int32(STEP), rep), tasks)
+        chex.assert_trees_all_close(given, reference, rtol=RTOL, atol=ATOL)
 
 
-def test_vmap_groups_bound_the_steps_memory():
+@pytest.mark.parametrize("algorithm", ["maml", "metasgd"])  # one gradient a group; per task
+def test_vmap_groups_bound_the_steps_memory(algorithm):
     # XLA's temporary memory of the meta-gradient holds every vmapped task's activations
     # at once: with groups it holds one group's, so it falls with the group size.
-    spec, params = _spec(64, inner_steps=5)
+    spec, params = _spec(64, inner_steps=5, algorithm=algorithm)
     mesh = parallel.make_mesh(jax.devices()[:1])
     rep = parallel.replicated(mesh)
     args = (jax.device_put(params, rep), jax.device_put(jnp.int32(STEP), rep))

@@ -13,6 +13,7 @@ from tensorboardX.proto import event_pb2
 
 from maml_dist import nonfinite, parallel, plotting, trainer
 from maml_dist import state as state_lib
+from maml_dist.errors import UserInputError
 from maml_dist.metrics import read_jsonl
 from maml_dist.problem import make_problem
 
@@ -269,3 +270,15 @@ def test_a_failed_sampler_compile_is_raised_by_the_first_chunk(monkeypatch):
     assert isinstance(ahead.shorter.exception(), RuntimeError)
     with pytest.raises(RuntimeError, match="no sampler today"):
         ahead(new_state(), ahead.length)
+
+
+def test_vmap_groups_where_auto_runs_tasks_one_at_a_time_are_named(tmp_path, caplog):
+    # On CPU "auto" is a loop: a config written for accelerators still runs, and says so.
+    config = tiny_config(task_batching="auto", tasks_per_vmap=3)
+    with caplog.at_level("WARNING"):
+        trainer.check_inputs(config, str(tmp_path), 2)
+    assert "config.tasks_per_vmap=3 has no effect on cpu" in caplog.text
+    # Under vmap the same groups must divide a device's 8 tasks.
+    config.task_batching = "vmap"
+    with pytest.raises(UserInputError, match="does not divide the 8 tasks each device runs"):
+        trainer.check_inputs(config, str(tmp_path), 2)
