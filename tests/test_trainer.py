@@ -11,7 +11,7 @@ import pytest
 from helpers import tiny_config
 from tensorboardX.proto import event_pb2
 
-from maml_dist import nonfinite, parallel, plotting, trainer
+from maml_dist import checks, nonfinite, parallel, plotting, trainer
 from maml_dist import state as state_lib
 from maml_dist.errors import UserInputError
 from maml_dist.metrics import read_jsonl
@@ -282,3 +282,14 @@ def test_vmap_groups_where_auto_runs_tasks_one_at_a_time_are_named(tmp_path, cap
     config.task_batching = "vmap"
     with pytest.raises(UserInputError, match="does not divide the 8 tasks each device runs"):
         trainer.check_inputs(config, str(tmp_path), 2)
+
+
+def test_a_run_resumes_with_other_vmap_groups():
+    # Groups change memory and rounding, as another device count does, not the training.
+    saved = json.loads(tiny_config(tasks_per_vmap=0).to_json())
+    checks.check_resume_compatible(saved, tiny_config(tasks_per_vmap=4))
+    # A run saved before the field existed.
+    older = {k: v for k, v in saved.items() if k != "tasks_per_vmap"}
+    checks.check_resume_compatible(older, tiny_config(tasks_per_vmap=2))
+    with pytest.raises(UserInputError, match="different config"):
+        checks.check_resume_compatible(saved, tiny_config(tasks_per_vmap=4, inner_lr=0.5))
