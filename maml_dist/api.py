@@ -42,6 +42,9 @@ class MetaConfig:
         bn_momentum: the running statistics' moving-average rate, for networks with
             per-step batch norm (MAML++).
         seed: initialisation and task-stream seed.
+        tasks_per_vmap: where a device's tasks are vmapped (regression; classification on
+            accelerators), run them in groups of this many, one after another: memory
+            of a group, not of the meta-batch (README, "Sharding"); 0 for all at once.
     """
 
     algorithm: str = "maml"
@@ -52,6 +55,7 @@ class MetaConfig:
     meta_lr: float = 1e-3
     bn_momentum: float = 0.1
     seed: int = 0
+    tasks_per_vmap: int = 0
 
 
 class Learner(NamedTuple):
@@ -136,6 +140,7 @@ def make_learner(
         meta_batch_size=config.meta_batch_size,
         seed=config.seed,
         batching=parallel.resolve_batching("vmap" if family.kind == "regression" else "auto"),
+        tasks_per_vmap=config.tasks_per_vmap,
     )
     meta_step = parallel.make_train_step(parallel.make_meta_grad_fn(spec, mesh), tx)
 

@@ -80,3 +80,25 @@ def test_tutorial_runs_fast(tmp_path):
     assert "relative max error" in proc.stdout
     assert (tmp_path / "before_after.png").stat().st_size > 0
     assert (tmp_path / "cost.png").stat().st_size > 0
+
+
+def test_a_learners_vmap_groups_give_the_same_meta_step():
+    import chex
+    import jax
+
+    import maml_dist as md
+
+    def first_steps(size):
+        config = md.MetaConfig(meta_batch_size=10, tasks_per_vmap=size)
+        learner = md.make_learner(config, md.Sinusoid(), devices=jax.devices()[:2])
+        state = learner.init()
+        # The groups run one after another: one more loop in the program than at once.
+        loops = jax.jit(learner.meta_step).lower(state).as_text().count("stablehlo.while")
+        return learner.run(state, 2), loops
+
+    # Groups of 2 divide each device's 5 tasks; groups of 3 leave a last one of 2.
+    whole, loops = first_steps(0)
+    for size in (2, 3):
+        grouped, grouped_loops = first_steps(size)
+        assert grouped_loops > loops
+        chex.assert_trees_all_close(grouped, whole, rtol=1e-5, atol=1e-6)
