@@ -23,6 +23,7 @@ import optax
 
 from maml_dist import algorithms, meta_test, parallel
 from maml_dist import state as state_lib
+from maml_dist.errors import UserInputError
 from maml_dist.problem import family_functions, family_head_split, family_step_net
 from maml_dist.tasks.base import TaskFamily
 from maml_dist.types import TEST_SEED, TEST_STREAM, LossFn, QueryFn, TaskBatch
@@ -44,7 +45,10 @@ class MetaConfig:
         seed: initialisation and task-stream seed.
         tasks_per_vmap: where a device's tasks are vmapped (regression; classification on
             accelerators), run them in groups of this many, one after another: memory
-            of a group, not of the meta-batch (README, "Sharding"); 0 for all at once.
+            of a group, not of the meta-batch (README, "Sharding"). 0, or at least a
+            device's task count, runs them all at once; a group that does not divide
+            them leaves a smaller last one (one more compiled shape, and a gradient per
+            task instead of one per group).
     """
 
     algorithm: str = "maml"
@@ -112,7 +116,16 @@ def make_learner(
 
     Returns:
         A Learner.
+
+    Raises:
+        UserInputError: for a `tasks_per_vmap` that is not an integer >= 0.
     """
+    per_vmap = config.tasks_per_vmap
+    if isinstance(per_vmap, bool) or not isinstance(per_vmap, int) or per_vmap < 0:
+        raise UserInputError(
+            f"MetaConfig.tasks_per_vmap must be an integer >= 0 (0: a device's tasks all at "
+            f"once), got {per_vmap!r}"
+        )
     model = model or family.make_model()
     tx = tx or optax.adam(config.meta_lr)
     loss_fn, score_fn, query_fn = family_functions(family, model)

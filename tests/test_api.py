@@ -5,7 +5,10 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 import maml_dist
+from maml_dist.errors import UserInputError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -89,16 +92,19 @@ def test_a_learners_vmap_groups_give_the_same_meta_step():
     import maml_dist as md
 
     def first_steps(size):
-        config = md.MetaConfig(meta_batch_size=10, tasks_per_vmap=size)
+        config = md.MetaConfig(meta_batch_size=8, tasks_per_vmap=size)
         learner = md.make_learner(config, md.Sinusoid(), devices=jax.devices()[:2])
         state = learner.init()
         # The groups run one after another: one more loop in the program than at once.
         loops = jax.jit(learner.meta_step).lower(state).as_text().count("stablehlo.while")
         return learner.run(state, 2), loops
 
-    # Groups of 2 divide each device's 5 tasks; groups of 3 leave a last one of 2.
+    # Groups of 2 divide each device's 4 tasks (one gradient a group); groups of 3 leave
+    # a last one of 1 (a gradient per task).
     whole, loops = first_steps(0)
     for size in (2, 3):
         grouped, grouped_loops = first_steps(size)
         assert grouped_loops > loops
         chex.assert_trees_all_close(grouped, whole, rtol=1e-5, atol=1e-6)
+    with pytest.raises(UserInputError, match=r"MetaConfig\.tasks_per_vmap must be an integer"):
+        md.make_learner(md.MetaConfig(tasks_per_vmap=-1), md.Sinusoid())
