@@ -20,7 +20,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
@@ -29,18 +28,14 @@ import bench_omniglot_step
 from maml_dist import algorithms, models, parallel
 
 
-def _xent(logits, labels):
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-
 def measure(name: str, meta_batch: int, tasks_per_vmap: int) -> dict:
     """Compiles the sharded meta-gradient on the first device; returns its memory and time."""
     tasks = bench_omniglot_step.make_tasks(meta_batch, queries=15)
     model = models.ConvNet(num_classes=5, conv_impl="xla")
-    loss_fn = algorithms.make_loss_fn(model, _xent)
-    query_fn = algorithms.make_query_fn(model, _xent, {})
+    loss_fn = algorithms.make_loss_fn(model, bench_omniglot_step._xent)
+    query_fn = algorithms.make_query_fn(model, bench_omniglot_step._xent, {})
     inner = algorithms.InnerConfig(lr=0.4, steps=1)
-    split = algorithms.make_head_split(model, _xent, {})
+    split = algorithms.make_head_split(model, bench_omniglot_step._xent, {})
     algorithm = algorithms.make_algorithm(name, loss_fn, inner, query_fn, split)
     params = model.init(jax.random.key(0), tasks.support_x[0])["params"]
     spec = parallel.MetaBatch(
