@@ -17,7 +17,9 @@ from maml_dist.algorithms import (
     make_query_fn,
 )
 from maml_dist.api import Learner, MetaConfig, adapt, evaluate, make_learner, sample_tasks
+from maml_dist.errors import UserInputError
 from maml_dist.models import MLP, ConvNet
+from maml_dist.nonfinite import NonFiniteError
 from maml_dist.state import TrainState
 from maml_dist.tasks import REGISTRY as TASK_FAMILIES
 from maml_dist.tasks.image_folder import ImageFolderFamily
@@ -26,7 +28,7 @@ from maml_dist.tasks.omniglot import OmniglotFamily
 from maml_dist.tasks.sinusoid import Sinusoid
 from maml_dist.types import HeadSplit, TaskBatch
 
-__version__ = "0.9.0"
+__version__ = "0.10.0"
 
 __all__ = [
     "ALGORITHMS",
@@ -40,10 +42,12 @@ __all__ = [
     "Learner",
     "MetaConfig",
     "MiniImageNetFamily",
+    "NonFiniteError",
     "OmniglotFamily",
     "Sinusoid",
     "TaskBatch",
     "TrainState",
+    "UserInputError",
     "adapt",
     "evaluate",
     "make_algorithm",

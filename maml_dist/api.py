@@ -13,6 +13,7 @@ process by default), so what a notebook measures is what `maml_dist.train` runs.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -24,6 +25,7 @@ import optax
 from maml_dist import algorithms, meta_test, parallel
 from maml_dist import state as state_lib
 from maml_dist.errors import UserInputError
+from maml_dist.nonfinite import NonFiniteError
 from maml_dist.problem import family_functions, family_head_split, family_step_net
 from maml_dist.tasks.base import TaskFamily
 from maml_dist.types import TEST_SEED, TEST_STREAM, LossFn, QueryFn, TaskBatch
@@ -49,6 +51,9 @@ class MetaConfig:
             device's task count, runs them all at once; a group that does not divide
             them leaves a smaller last one (one more compiled shape, and a gradient per
             task instead of one per group).
+        learned_lr_scale: the meta-optimiser's updates of learned inner rates (Meta-SGD's;
+            MAML++'s with `inner.lslr`) times this, after `tx` (README, "MAML++ with five
+            inner steps"); 1 leaves them as the weights'.
     """
 
     algorithm: str = "maml"
@@ -60,6 +65,7 @@ class MetaConfig:
     bn_momentum: float = 0.1
     seed: int = 0
     tasks_per_vmap: int = 0
+    learned_lr_scale: float = 1.0
 
 
 class Learner(NamedTuple):
@@ -76,9 +82,10 @@ class Learner(NamedTuple):
         tx: the optax meta-optimiser.
         init: `() -> TrainState`, the initial meta-parameters and optimiser state.
         meta_step: `(state[, tasks]) -> (state, metrics)`; `tasks` for host-sampled families.
-        run: jitted `(state, n) -> (state, metrics of each step)`: n meta-steps in one
-            `lax.scan` (the state is donated); None for host-sampled families, which pass
-            their tasks to `meta_step`.
+        run: `(state, n) -> (state, metrics of each step)`: n meta-steps in one jitted
+            `lax.scan` (the state is donated); raises `NonFiniteError` if one of them was
+            not finite. None for host-sampled families, which pass their tasks to
+            `meta_step`.
         adapt: jitted `algorithm.adapt`: `(meta_params, x, y, num_steps) -> params`.
     """
 
@@ -118,16 +125,13 @@ def make_learner(
         A Learner.
 
     Raises:
-        UserInputError: for a `tasks_per_vmap` that is not an integer >= 0.
+        UserInputError: for a `tasks_per_vmap` that is not an integer >= 0, or a
+            `learned_lr_scale` that is not positive or, other than 1, has no learned rates
+            to scale.
     """
-    per_vmap = config.tasks_per_vmap
-    if isinstance(per_vmap, bool) or not isinstance(per_vmap, int) or per_vmap < 0:
-        raise UserInputError(
-            f"MetaConfig.tasks_per_vmap must be an integer >= 0 (0: a device's tasks all at "
-            f"once), got {per_vmap!r}"
-        )
+    _check(config)
     model = model or family.make_model()
-    tx = tx or optax.adam(config.meta_lr)
+    tx = state_lib.scale_learned_rates(tx or optax.adam(config.meta_lr), config.learned_lr_scale)
     loss_fn, score_fn, query_fn = family_functions(family, model)
     step_net = family_step_net(family, model)
     if step_net.running:
@@ -162,7 +166,7 @@ def make_learner(
             model, family.example_input(), tx, config.seed, algorithm, replicated
         )
 
-    run = None if family.host_sampled else parallel.make_multi_step(meta_step)
+    run = None if family.host_sampled else _stopping(parallel.make_multi_step(meta_step))
     return Learner(
         config=config,
         family=family,
@@ -178,6 +182,54 @@ def make_learner(
         # Built once: a jit wrapper made per call would trace and compile every call.
         adapt=jax.jit(algorithm.adapt, static_argnums=3),
     )
+
+
+def _check(config: MetaConfig) -> None:
+    """Refuses the MetaConfig fields the meta-step cannot take, in one sentence each."""
+    per_vmap = config.tasks_per_vmap
+    if isinstance(per_vmap, bool) or not isinstance(per_vmap, int) or per_vmap < 0:
+        raise UserInputError(
+            f"MetaConfig.tasks_per_vmap must be an integer >= 0 (0: a device's tasks all at "
+            f"once), got {per_vmap!r}"
+        )
+    scale = config.learned_lr_scale
+    number = isinstance(scale, int | float) and not isinstance(scale, bool)
+    if not number or not math.isfinite(scale) or scale <= 0:
+        raise UserInputError(
+            f"MetaConfig.learned_lr_scale must be a positive finite number, got {scale!r}"
+        )
+    if scale != 1 and not algorithms.learns_rates(config.algorithm, config.inner.lslr):
+        raise UserInputError(
+            f"MetaConfig.learned_lr_scale={scale} scales the meta-updates of learned inner "
+            f"rates, and algorithm {config.algorithm!r} learns none here; leave it at 1, or "
+            f"use algorithm='metasgd' (or 'mamlpp' with InnerConfig(lslr=True))"
+        )
+
+
+def _stopping(run: Callable) -> Callable:
+    """`run`, raising `NonFiniteError` once a meta-step was not finite.
+
+    The meta-step never applies such a step, and after it leaves the state unchanged
+    (`nonfinite.guard`), so a loop that only printed the loss would go on training
+    nothing. One scalar is read per call, after its steps.
+    """
+
+    def checked(state: state_lib.TrainState, num_steps: int):
+        state, metrics = run(state, num_steps)
+        if int(state.nonfinite_in_row):
+            # The halting step is counted in `step` (skipped steps are), the last one.
+            step = int(state.step)
+            raise NonFiniteError(
+                f"the meta-loss, meta-gradient or update of meta-step {step} is not "
+                f"finite; the error's .state holds the meta-parameters from before it "
+                f"(further steps leave them unchanged) and .metrics the call's; lower "
+                f"MetaConfig.meta_lr or InnerConfig.lr",
+                state,
+                metrics,
+            )
+        return state, metrics
+
+    return checked
 
 
 def sample_tasks(

@@ -154,6 +154,26 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             f"--config.data_placement=host for the host feed"
         )
     _validate_mamlpp(config)
+    _validate_learned_lr_scale(config)
+
+
+def _validate_learned_lr_scale(config: ml_collections.ConfigDict) -> None:
+    """Checks `learned_lr_scale`: positive, and other than 1 only where rates are learned."""
+    scale = config.get("learned_lr_scale", 1.0)
+    number = isinstance(scale, int | float) and not isinstance(scale, bool)
+    if not number or not math.isfinite(scale) or scale <= 0:
+        raise UserInputError(
+            f"config.learned_lr_scale must be a positive finite number, got {scale!r}; "
+            f"pass e.g. --config.learned_lr_scale=0.1"
+        )
+    lslr = {**MAMLPP_DEFAULTS, **config.get("mamlpp", {})}["lslr"]
+    if scale != 1 and not algorithms.learns_rates(config.algorithm, lslr):
+        raise UserInputError(
+            f"config.learned_lr_scale={scale} scales the meta-updates of learned inner "
+            f"rates, and algorithm {config.algorithm!r} learns none here; leave "
+            f"--config.learned_lr_scale=1, or use --config.algorithm=metasgd (or mamlpp "
+            f"with --config.mamlpp.lslr=True)"
+        )
 
 
 def check_fits_devices(nbytes: int, devices: list) -> None:
@@ -311,6 +331,7 @@ RESUMABLE_CHANGES = frozenset(
 # every network's config got the compute dtype, conv-net configs (their model has
 # `filters`) also the batch-norm fields.
 LATER_FIELDS = {
+    "learned_lr_scale": 1.0,
     "meta_lr_schedule": "auto",
     "meta_lr_min": 1e-5,
     "mamlpp": MAMLPP_DEFAULTS,

@@ -83,7 +83,17 @@ def guard(old: TrainState, new: TrainState, finite: jax.Array, max_in_row: int) 
 
 
 class NonFiniteError(RunStoppedError):
-    """The run met more non-finite meta-steps in a row than its mode allows."""
+    """The run met more non-finite meta-steps in a row than its mode allows.
+
+    Attributes:
+        state: from the Python API's `learner.run`, the state it stopped with (the last
+            finite meta-step's); None from the trainer, whose checkpoints hold that.
+        metrics: from `learner.run`, that call's metrics of each step; else None.
+    """
+
+    def __init__(self, message: str, state=None, metrics=None):
+        super().__init__(message)
+        self.state, self.metrics = state, metrics
 
 
 def check_chunk(metrics: dict, start: int, config: ml_collections.ConfigDict):

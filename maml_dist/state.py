@@ -11,6 +11,7 @@ import optax
 from flax import struct
 
 from maml_dist import models, xla_options
+from maml_dist.types import RATES
 
 
 @struct.dataclass
@@ -121,20 +122,46 @@ def with_running_average(
     return optax.multi_transform({"learned": tx, "running": running_average(momentum)}, labels)
 
 
+def scale_learned_rates(tx: optax.GradientTransformation, scale: float):
+    """`tx` with its updates of the learned inner rates (`meta_params[RATES]`) times `scale`.
+
+    Adam moves each meta-parameter by about its learning rate per step, whatever the
+    gradient's size: at a meta learning rate of 1e-3 an inner rate that starts at 0.01
+    moves by a tenth of itself per meta-step, where the weights move by a thousandth of
+    theirs (README, "MAML++ with five inner steps"). `scale` sets the rates' step apart.
+
+    Args:
+        tx: the meta-optimiser.
+        scale: the factor; 1 returns `tx` itself, so runs that leave it at 1 keep the
+            optimiser state (and checkpoints) of runs older than the option.
+    """
+    if scale == 1:
+        return tx
+
+    def filled(tree, value: bool):
+        return jax.tree.map(lambda _: value, tree)
+
+    def rates(meta_params):
+        return {key: filled(tree, key == RATES) for key, tree in meta_params.items()}
+
+    return optax.chain(tx, optax.masked(optax.scale(scale), rates))
+
+
 def make_meta_optimizer(
     config: ml_collections.ConfigDict,
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Adam on the meta-gradient, optionally after global-norm clipping.
 
-    With per-step batch norm, the running statistics get `running_average` instead
-    (`config.bn_momentum`), outside the clipping.
+    Learned inner rates' updates are scaled by `config.learned_lr_scale` (1 where the
+    config predates it; `scale_learned_rates`). With per-step batch norm, the running
+    statistics get `running_average` instead (`config.bn_momentum`), outside the clipping.
 
     Returns:
         (transform, schedule): the optax transform and its learning-rate schedule, which the
         trainer logs.
     """
     schedule = meta_lr_schedule(config)
-    tx = optax.adam(schedule)
+    tx = scale_learned_rates(optax.adam(schedule), config.get("learned_lr_scale", 1.0))
     if config.grad_clip_norm > 0:
         tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
     if resolve_bn_mode(config) == "per_step_running":

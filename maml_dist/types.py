@@ -33,6 +33,9 @@ as for LossFn)."""
 HEAD = "head"
 """The name of every network's last layer: the part ANIL adapts."""
 
+RATES = "inner_lr"
+"""The key of `meta_params` under which Meta-SGD and MAML++ (LSLR) keep learned inner rates."""
+
 
 class HeadSplit(NamedTuple):
     """A network as body then head, for algorithms that adapt the head alone (ANIL).

@@ -1,5 +1,6 @@
 """The public API: the README's example, the tutorial, and every module importable first."""
 
+import dataclasses
 import pathlib
 import re
 import subprocess
@@ -108,3 +109,54 @@ def test_a_learners_vmap_groups_give_the_same_meta_step():
         chex.assert_trees_all_close(grouped, whole, rtol=1e-5, atol=1e-6)
     with pytest.raises(UserInputError, match=r"MetaConfig\.tasks_per_vmap must be an integer"):
         md.make_learner(md.MetaConfig(tasks_per_vmap=-1), md.Sinusoid())
+
+
+def test_run_stops_at_a_non_finite_step_with_the_last_finite_state():
+    import chex
+    import jax
+    import numpy as np
+
+    import maml_dist as md
+
+    # An inner rate of 10,000 overflows within a few meta-steps.
+    learner = md.make_learner(md.MetaConfig(inner=md.InnerConfig(lr=1e4)), md.Sinusoid())
+    with pytest.raises(md.NonFiniteError, match=r"of meta-step (\d+) is not finite") as info:
+        learner.run(learner.init(), 5)
+    bad = int(re.search(r"meta-step (\d+)", str(info.value)).group(1))
+    state, metrics = info.value.state, info.value.metrics
+    assert int(state.step) == bad and int(state.nonfinite_in_row) == 1
+    assert metrics["meta_loss"].shape == (5,)
+    assert all(np.isfinite(a).all() for a in jax.tree.leaves(jax.device_get(state.meta_params)))
+    # Its meta-parameters are those of the steps before the bad one, run alone.
+    before = learner.init()
+    if bad > 1:
+        before, _ = learner.run(before, bad - 1)
+    chex.assert_trees_all_close(state.meta_params, before.meta_params, rtol=1e-6)
+
+
+def test_learned_lr_scale_scales_the_learned_rates_steps_alone():
+    import chex
+    import jax
+
+    import maml_dist as md
+
+    def first_update(scale):
+        config = md.MetaConfig(algorithm="metasgd", learned_lr_scale=scale)
+        learner = md.make_learner(config, md.Sinusoid())
+        start = learner.init()
+        before = jax.device_get(start.meta_params)
+        state, _ = learner.run(start, 1)
+        return jax.tree.map(lambda a, b: a - b, jax.device_get(state.meta_params), before)
+
+    full, scaled = first_update(1.0), first_update(0.25)
+    chex.assert_trees_all_close(scaled["params"], full["params"], rtol=1e-6)
+    quarter = jax.tree.map(lambda d: 0.25 * d, full["inner_lr"])
+    chex.assert_trees_all_close(scaled["inner_lr"], quarter, rtol=1e-4)
+    assert max(abs(d).max() for d in jax.tree.leaves(full["inner_lr"])) > 1e-4
+    with pytest.raises(UserInputError, match=r"algorithm 'maml' learns none here"):
+        md.make_learner(md.MetaConfig(learned_lr_scale=0.5), md.Sinusoid())
+    no_rates = md.MetaConfig(algorithm="mamlpp", inner=md.InnerConfig(lslr=False))
+    with pytest.raises(UserInputError, match=r"algorithm 'mamlpp' learns none here"):
+        md.make_learner(dataclasses.replace(no_rates, learned_lr_scale=0.5), md.Sinusoid())
+    with pytest.raises(UserInputError, match=r"learned_lr_scale must be a positive finite"):
+        md.make_learner(md.MetaConfig(algorithm="metasgd", learned_lr_scale=0), md.Sinusoid())

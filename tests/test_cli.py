@@ -90,6 +90,11 @@ def trained(tmp_path_factory):
         ),
         (["--config.meta_lr_schedule=linear"], "config.meta_lr_schedule must be 'auto', 'const"),
         (
+            ["--config.learned_lr_scale=0.1"],
+            "config.learned_lr_scale=0.1 scales the meta-updates of learned inner rates, and "
+            "algorithm 'maml' learns none here; leave --config.learned_lr_scale=1, or use",
+        ),
+        (
             ["--config.model.compute_dtype=float16"],
             "config.model.compute_dtype must be 'float32' or 'bfloat16', got 'float16'; pass "
             "--config.model.compute_dtype=float32 (the default) or",

@@ -377,15 +377,47 @@ def test_cosine_schedule_runs_from_meta_lr_to_its_minimum():
         ("mamlpp.msl", "yes", "config.mamlpp.msl must be True or False"),
         ("mamlpp.doa_steps", -2, "config.mamlpp.doa_steps must be a meta-step count"),
         ("meta_lr_min", 0.1, "would raise the rate"),
+        ("learned_lr_scale", 0.0, "config.learned_lr_scale must be a positive finite number"),
+        ("learned_lr_scale", float("nan"), "config.learned_lr_scale must be a positive finite"),
+        ("mamlpp.lslr", False, "algorithm 'mamlpp' learns none here; leave"),
     ],
 )
 def test_bad_mamlpp_settings_are_named(field, value, message):
-    config = tiny_config(algorithm="mamlpp")
+    config = tiny_config(algorithm="mamlpp", learned_lr_scale=0.5)
     parent, _, name = field.rpartition(".")
     target = config[parent] if parent else config
     with target.ignore_type():
         target[name] = value
     with pytest.raises(UserInputError, match=message):
+        checks.validate_config(config)
+
+
+@pytest.mark.parametrize("bn_mode", ["none", "per_step_running"])
+def test_learned_lr_scale_scales_the_rates_updates_alone(bn_mode):
+    config = omniglot_configs.get_config("tiny")
+    config.update({"algorithm": "mamlpp", "meta_lr_schedule": "constant"})
+    config.model.bn_mode = bn_mode
+    meta = {
+        "params": {"conv": {"kernel": jnp.ones((3, 2))}, "bn": {"running_mean": jnp.zeros(2)}},
+        "inner_lr": {"conv": {"kernel": jnp.full((2,), 0.01)}},
+    }
+    if bn_mode == "none":
+        del meta["params"]["bn"]
+    grads = jax.tree.map(lambda a: jnp.arange(1.0, a.size + 1).reshape(a.shape), meta)
+
+    def updates(scale):
+        config.learned_lr_scale = scale
+        checks.validate_config(config)
+        tx, _ = state_lib.make_meta_optimizer(config)
+        return tx.update(grads, tx.init(meta), meta)[0]
+
+    full, tenth = updates(1.0), updates(0.1)
+    chex.assert_trees_all_close(tenth["params"], full["params"])
+    tenth_of_full = jax.tree.map(lambda u: 0.1 * u, full["inner_lr"])
+    chex.assert_trees_all_close(tenth["inner_lr"], tenth_of_full)
+    assert float(jnp.abs(full["inner_lr"]["conv"]["kernel"]).min()) > 1e-4
+    config.algorithm = "maml"
+    with pytest.raises(UserInputError, match=r"algorithm 'maml' learns none here"):
         checks.validate_config(config)
 
 
@@ -396,7 +428,7 @@ def test_resume_refuses_a_new_length_when_schedules_follow_it_and_accepts_older_
     # A run written before MAML++ existed (no such fields) resumes, and may be extended,
     # with today's config or with a config file as old as the run.
     old = json.loads(tiny_config().to_json())
-    for field in ("meta_lr_schedule", "meta_lr_min", "mamlpp"):
+    for field in ("meta_lr_schedule", "meta_lr_min", "mamlpp", "learned_lr_scale"):
         del old[field]
     checks.check_resume_compatible(old, tiny_config(num_steps=400))
     checks.check_resume_compatible(old, ml_collections.ConfigDict(old))

@@ -43,6 +43,7 @@ __all__ = [
     "StepNet",
     "UserInputError",
     "adaptation_curve",
+    "learns_rates",
     "loss_query_fn",
     "make_algorithm",
     "make_apply",
@@ -59,6 +60,15 @@ USES_HEAD_SPLIT = frozenset({"anil"})
 # MAML and first-order MAML on a network with per-step batch norm are MAML++ with its other
 # switches off: the only implementation that carries per-step state through the inner loop.
 _AS_MAMLPP = {"maml": False, "fomaml": True}
+
+
+def learns_rates(name: str, lslr: bool) -> bool:
+    """Whether algorithm `name` meta-learns inner rates (`meta_params[RATES]`).
+
+    Meta-SGD always does (one rate per weight); MAML++ with `lslr` (one per tensor and
+    inner step).
+    """
+    return name == "metasgd" or (name == "mamlpp" and lslr)
 
 
 def make_algorithm(

@@ -48,7 +48,7 @@ from maml_dist.algorithms.base import (
 )
 from maml_dist.errors import UserInputError
 from maml_dist.models import RUNNING_STATS
-from maml_dist.types import LossFn, QueryFn, TaskBatch
+from maml_dist.types import RATES, LossFn, QueryFn, TaskBatch
 
 # The paper code's floor on the weight of each query loss but the last, times the steps.
 _MSL_FLOOR = 0.03
@@ -125,7 +125,7 @@ def make(
     def init(params):
         meta = {"params": params}
         if inner.lslr:
-            meta["inner_lr"] = jax.tree.map(lambda p: jnp.full((n,), inner.lr, p.dtype), params)
+            meta[RATES] = jax.tree.map(lambda p: jnp.full((n,), inner.lr, p.dtype), params)
         return meta
 
     def update(meta_params, params, grads, j):
@@ -133,7 +133,7 @@ def make(
             return jax.tree.map(lambda p, g: p - inner.lr * g, params, grads)
         # Meta-test may run more steps than training did; those reuse the last rate.
         slot = jnp.minimum(j, n - 1)
-        return jax.tree.map(lambda p, r, g: p - r[slot] * g, params, meta_params["inner_lr"], grads)
+        return jax.tree.map(lambda p, r, g: p - r[slot] * g, params, meta_params[RATES], grads)
 
     def query(params, task: TaskBatch, j):
         return step_net.query_fn(params, task.query_x, task.query_y, j, task.support_x)

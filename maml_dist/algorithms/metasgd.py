@@ -18,7 +18,7 @@ from maml_dist.algorithms.base import (
     make_adapt,
     run_steps,
 )
-from maml_dist.types import LossFn, QueryFn, TaskBatch
+from maml_dist.types import RATES, LossFn, QueryFn, TaskBatch
 
 
 def make(loss_fn: LossFn, inner: InnerConfig, query_fn: QueryFn | None = None) -> Algorithm:
@@ -34,7 +34,7 @@ def make(loss_fn: LossFn, inner: InnerConfig, query_fn: QueryFn | None = None) -
     def init(params):
         return {
             "params": params,
-            "inner_lr": jax.tree.map(lambda p: jnp.full_like(p, inner.lr), params),
+            RATES: jax.tree.map(lambda p: jnp.full_like(p, inner.lr), params),
         }
 
     def task_grad(meta_params, task: TaskBatch, step):
@@ -47,7 +47,7 @@ def make(loss_fn: LossFn, inner: InnerConfig, query_fn: QueryFn | None = None) -
                     p,
                     task.support_x,
                     task.support_y,
-                    meta["inner_lr"],
+                    meta[RATES],
                     inner.first_order,
                 ),
                 meta["params"],
@@ -62,6 +62,6 @@ def make(loss_fn: LossFn, inner: InnerConfig, query_fn: QueryFn | None = None) -
 
     def inner_step(meta_params, params, x, y, j):
         del j
-        return elementwise_sgd_step(loss_fn, params, x, y, meta_params["inner_lr"])
+        return elementwise_sgd_step(loss_fn, params, x, y, meta_params[RATES])
 
     return Algorithm("metasgd", init, task_grad, inner_step, make_adapt(inner_step))
