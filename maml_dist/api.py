@@ -116,7 +116,8 @@ def make_learner(
         config: the run's settings.
         family: the task distribution (e.g. `Sinusoid()`).
         model: the network; default `family.make_model()`.
-        tx: the meta-optimiser; default `optax.adam(config.meta_lr)`. With per-step
+        tx: the meta-optimiser; default `optax.adam(config.meta_lr)`. The learned rates'
+            updates are scaled after it (`config.learned_lr_scale`). With per-step
             batch norm, it gets the learned meta-parameters and a moving average the
             running statistics (`state.with_running_average`).
         devices: devices the meta-batch is split over; default every device.
@@ -217,13 +218,16 @@ def _stopping(run: Callable) -> Callable:
     def checked(state: state_lib.TrainState, num_steps: int):
         state, metrics = run(state, num_steps)
         if int(state.nonfinite_in_row):
-            # The halting step is counted in `step` (skipped steps are), the last one.
+            # The guard counts the non-finite step in `step`, then freezes the state: `step`
+            # is that step's number, counted from 1.
             step = int(state.step)
             raise NonFiniteError(
                 f"the meta-loss, meta-gradient or update of meta-step {step} is not "
-                f"finite; the error's .state holds the meta-parameters from before it "
-                f"(further steps leave them unchanged) and .metrics the call's; lower "
-                f"MetaConfig.meta_lr or InnerConfig.lr",
+                f"finite; the error's .state holds the meta-parameters from before it and "
+                f".metrics the call's (to go on from them, pass "
+                f".state.replace(nonfinite_in_row=0) to learner.run); lower "
+                f"MetaConfig.meta_lr or InnerConfig.lr, or for learned rates "
+                f"MetaConfig.learned_lr_scale",
                 state,
                 metrics,
             )

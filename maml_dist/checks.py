@@ -345,7 +345,7 @@ LATER_CONV_MODEL_FIELDS = {"bn_mode": "auto", "mamlpp_bn_mode": "per_step_runnin
 LATER_OMNIGLOT_FIELDS = {"validation_alphabets": [], "num_validation_alphabets": 0}
 
 
-def _with_later_fields(saved: dict) -> dict:
+def with_later_fields(saved: dict) -> dict:
     """A saved config with the fields it predates filled in, so older runs resume."""
     out = {**LATER_FIELDS, **saved}
     model = saved.get("model")
@@ -394,8 +394,8 @@ def check_resume_compatible(saved: dict, config: ml_collections.ConfigDict) -> N
     Raises:
         UserInputError: naming the fields that differ, if any would change the training.
     """
-    current = _drop_unused_mamlpp_bn_mode(_with_later_fields(json.loads(config.to_json())))
-    saved = _drop_unused_mamlpp_bn_mode(_with_later_fields(saved))
+    current = _drop_unused_mamlpp_bn_mode(with_later_fields(json.loads(config.to_json())))
+    saved = _drop_unused_mamlpp_bn_mode(with_later_fields(saved))
     resumable = RESUMABLE_CHANGES
     switches = {**MAMLPP_DEFAULTS, **config.get("mamlpp", {})}
     auto_mamlpp = config.algorithm == "mamlpp" and -1 in (

@@ -11,7 +11,7 @@ import json
 import os
 
 from maml_dist import formatting, plotting
-from maml_dist.checks import RESUMABLE_CHANGES
+from maml_dist.checks import RESUMABLE_CHANGES, with_later_fields
 from maml_dist.errors import UserInputError
 
 # Config fields that change neither the training nor the test: not worth a column.
@@ -62,7 +62,8 @@ def load_run(workdir: str) -> Run:
         except json.JSONDecodeError as e:
             raise UserInputError(f"{path} is not valid JSON ({e.msg}, line {e.lineno})") from None
     name = os.path.basename(os.path.normpath(workdir))
-    return Run(name, _flatten(loaded["config"]), loaded["report"])
+    # Fields newer than the run get the values it ran with, not a column of their own.
+    return Run(name, _flatten(with_later_fields(loaded["config"])), loaded["report"])
 
 
 def _protocol(report: dict) -> dict:

@@ -138,6 +138,35 @@ def stop_message(
     )
 
 
+def check_resumed(config: ml_collections.ConfigDict, step: int, in_row: int, directory: str):
+    """Stops a run resumed inside a streak of skipped steps longer than it now allows.
+
+    A checkpoint saved in the middle of such a streak (under "skip") carries its length,
+    and a resume with a lower `nonfinite_max_skips` (or "stop") would halt at once,
+    before running a step; this names the streak instead of a step never run.
+
+    Args:
+        config: the resumed run's config.
+        step: the restored checkpoint's step.
+        in_row: its `nonfinite_in_row`.
+        directory: the checkpoints' folder.
+
+    Raises:
+        NonFiniteError: if `in_row` reaches the run's limit.
+    """
+    max_in_row = limit(config)
+    if in_row < max_in_row:
+        return
+    allowed = "stops at the first" if max_in_row == 1 else f"stops after {max_in_row} in a row"
+    raise NonFiniteError(
+        f"the checkpoint of step {step} in {directory!r} was saved after {in_row} "
+        f"non-finite meta-steps in a row (steps {step - in_row + 1}-{step}), and this run "
+        f"{allowed} (config.nonfinite, config.nonfinite_max_skips); resume it with "
+        f"--config.nonfinite=skip --config.nonfinite_max_skips={in_row + 1} or more, or "
+        f"retrain in a new --workdir with a lower --config.meta_lr or --config.inner_lr"
+    )
+
+
 class Watch:
     """The host's side of the guard: warns of skipped steps, stops a halted run.
 

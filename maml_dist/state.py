@@ -134,6 +134,9 @@ def scale_learned_rates(tx: optax.GradientTransformation, scale: float):
         tx: the meta-optimiser.
         scale: the factor; 1 returns `tx` itself, so runs that leave it at 1 keep the
             optimiser state (and checkpoints) of runs older than the option.
+
+    Returns:
+        The transform; its updates of every other meta-parameter are `tx`'s.
     """
     if scale == 1:
         return tx

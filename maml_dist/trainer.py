@@ -468,11 +468,14 @@ def _loop(
 
     Raises:
         nonfinite.NonFiniteError: when the run met more non-finite steps than its mode
-            allows; no checkpoint is written from that chunk on.
+            allows; no checkpoint is written from that chunk on. Also before any step
+            when it resumed from a checkpoint saved after that many.
     """
     is_main = jax.process_index() == 0
     pending, last_eval, first = None, {}, True
-    watch = nonfinite.Watch(config, ckpt, int(jax.device_get(state.skipped_steps)))
+    skipped, in_row = jax.device_get((state.skipped_steps, state.nonfinite_in_row))
+    nonfinite.check_resumed(config, step, int(in_row), ckpt.directory)
+    watch = nonfinite.Watch(config, ckpt, int(skipped))
     while step < config.num_steps:
         if first:
             if feed is not None:  # `_DeviceRun` started its compile long before

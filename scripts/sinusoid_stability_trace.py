@@ -1,16 +1,19 @@
 """How a sinusoid run drifts toward an unstable inner loop: curvature and learned rates.
 
 Meta-trains with the Python API (`maml_dist.make_learner`, a constant meta learning rate)
-and, every `--chunk` meta-steps, prints on 500 fixed tasks of the training stream:
+and, every `--chunk` meta-steps, prints on 500 fixed tasks (stream 0, seed 123: the same
+tasks at every report, not the run's own):
 
-- the top eigenvalue λ_max of each task's support-loss Hessian at θ₀ (50 power iterations
-  of Hessian-vector products): plain gradient descent with step α grows along its
-  eigenvector when α λ_max > 2 (`scripts/sinusoid_divergence.py` looks at one trained run);
+- λ, the eigenvalue of largest magnitude of each task's support-loss Hessian at θ₀ (50
+  power iterations of Hessian-vector products, then its Rayleigh quotient, so with its
+  sign): plain gradient descent with step α grows along its eigenvector when α λ > 2
+  (`scripts/sinusoid_divergence.py` looks at one trained run);
 - the learned inner rates (Meta-SGD's; MAML++'s with LSLR): their least, median and
   greatest value;
 - the query MSE after the trained number of inner steps: its median and its worst task.
 
-It stops at the first non-finite meta-step (`maml_dist.NonFiniteError`), naming it.
+It stops at the first non-finite meta-step (`maml_dist.NonFiniteError`), naming it, with
+exit status 1.
 
     python scripts/sinusoid_stability_trace.py --algorithm=mamlpp --inner_steps=5
         [--learned_lr_scale=1] [--msl_anneal_steps=7000] [--doa_steps=0] [--chunks=40]
@@ -19,6 +22,7 @@ It stops at the first non-finite meta-step (`maml_dist.NonFiniteError`), naming 
 from __future__ import annotations
 
 import argparse
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -28,17 +32,28 @@ import maml_dist as md
 from maml_dist.types import RATES
 
 
-def top_eigenvalue(loss_fn, params, x, y, iterations: int = 50) -> jax.Array:
-    """λ_max of the Hessian of `loss_fn(·, x, y)` at `params`, by power iteration."""
+def dominant_eigenvalue(loss_fn, params, x, y, iterations: int = 50) -> jax.Array:
+    """The largest-magnitude eigenvalue of the Hessian of `loss_fn(·, x, y)` at `params`.
+
+    Power iteration finds its eigenvector; the Rayleigh quotient v·Hv gives its sign.
+    """
     grad = jax.grad(loss_fn)
 
+    def hvp(v):
+        return jax.jvp(lambda p: grad(p, x, y), (params,), (v,))[1]
+
+    def norm(tree):
+        return jnp.sqrt(sum(jnp.vdot(a, a) for a in jax.tree.leaves(tree)))
+
     def body(v, _):
-        hv = jax.jvp(lambda p: grad(p, x, y), (params,), (v,))[1]
-        norm = jnp.sqrt(sum(jnp.vdot(a, a) for a in jax.tree.leaves(hv)))
-        return jax.tree.map(lambda a: a / norm, hv), norm
+        hv = hvp(v)
+        return jax.tree.map(lambda a: a / norm(hv), hv), None
 
     start = jax.tree.map(jnp.ones_like, params)
-    return jax.lax.scan(body, start, None, length=iterations)[1][-1]
+    start = jax.tree.map(lambda a: a / norm(start), start)
+    v = jax.lax.scan(body, start, None, length=iterations)[0]
+    pairs = zip(jax.tree.leaves(v), jax.tree.leaves(hvp(v)), strict=True)
+    return sum(jnp.vdot(a, b) for a, b in pairs)
 
 
 def main() -> None:
@@ -65,11 +80,11 @@ def main() -> None:
     learner = md.make_learner(config, md.Sinusoid())
     tasks = md.sample_tasks(learner, num_tasks=500, stream=0, seed=123)
     eigenvalues = jax.jit(
-        jax.vmap(lambda p, x, y: top_eigenvalue(learner.loss_fn, p, x, y), (None, 0, 0))
+        jax.vmap(lambda p, x, y: dominant_eigenvalue(learner.loss_fn, p, x, y), (None, 0, 0))
     )
     print(f"{config}\n")
     print(
-        "  step  meta-loss  λ_max: median    p99    max  rates: min  median    max"
+        "  step  meta-loss        λ: median    p99    max  rates: min  median    max"
         f"  query after {args.inner_steps}: median    max"
     )
     state = learner.init()
@@ -78,7 +93,7 @@ def main() -> None:
             state, metrics = learner.run(state, args.chunk)
         except md.NonFiniteError as e:
             print(f"stopped: {e}")
-            return
+            sys.exit(1)
         meta = state.meta_params
         lam = np.asarray(eigenvalues(meta["params"], tasks.support_x, tasks.support_y))
         rates = "     -       -      -"

@@ -9,10 +9,16 @@ from PIL import Image
 from maml_dist import formatting
 
 
-def _write_run(folder, *, num_query=100, seed=0, shift=0.0, **config_fields):
-    """A run folder as train + evaluate leave it: config.json and eval/results.json."""
+def _write_run(folder, *, num_query=100, seed=0, shift=0.0, older_than=(), **config_fields):
+    """A run folder as train + evaluate leave it: config.json and eval/results.json.
+
+    `older_than`: config fields the run predates (left out of its config.json).
+    """
     (folder / "eval").mkdir(parents=True)
-    (folder / "config.json").write_text(tiny_config(**config_fields).to_json())
+    config = json.loads(tiny_config(**config_fields).to_json())
+    (folder / "config.json").write_text(
+        json.dumps({k: config[k] for k in config if k not in older_than})
+    )
     steps = list(range(4))
     results = [
         {
@@ -41,7 +47,9 @@ def _write_run(folder, *, num_query=100, seed=0, shift=0.0, **config_fields):
 
 def test_compare_prints_the_differing_fields_and_both_runs_and_draws_them(tmp_path):
     a = _write_run(tmp_path / "lr001", inner_lr=0.01)
-    b = _write_run(tmp_path / "lr003", inner_lr=0.03, shift=0.2)
+    # A run older than two fields: they take the values it ran with, so no column.
+    older = ("learned_lr_scale", "meta_lr_schedule")
+    b = _write_run(tmp_path / "lr003", inner_lr=0.03, shift=0.2, older_than=older)
     out = tmp_path / "cmp.png"
     proc, errors = run_module("maml_dist.compare", str(a), str(b), f"--out={out}")
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -383,7 +383,9 @@ def test_cosine_schedule_runs_from_meta_lr_to_its_minimum():
     ],
 )
 def test_bad_mamlpp_settings_are_named(field, value, message):
-    config = tiny_config(algorithm="mamlpp", learned_lr_scale=0.5)
+    config = tiny_config(algorithm="mamlpp")
+    if field == "mamlpp.lslr":  # the scale is refused only where no rates are learned
+        config.learned_lr_scale = 0.5
     parent, _, name = field.rpartition(".")
     target = config[parent] if parent else config
     with target.ignore_type():
@@ -392,10 +394,12 @@ def test_bad_mamlpp_settings_are_named(field, value, message):
         checks.validate_config(config)
 
 
-@pytest.mark.parametrize("bn_mode", ["none", "per_step_running"])
-def test_learned_lr_scale_scales_the_rates_updates_alone(bn_mode):
+@pytest.mark.parametrize(
+    ("bn_mode", "clip"), [("none", 0.0), ("per_step_running", 0.0), ("none", 1.0)]
+)
+def test_learned_lr_scale_scales_the_rates_updates_alone(bn_mode, clip):
     config = omniglot_configs.get_config("tiny")
-    config.update({"algorithm": "mamlpp", "meta_lr_schedule": "constant"})
+    config.update({"algorithm": "mamlpp", "meta_lr_schedule": "constant", "grad_clip_norm": clip})
     config.model.bn_mode = bn_mode
     meta = {
         "params": {"conv": {"kernel": jnp.ones((3, 2))}, "bn": {"running_mean": jnp.zeros(2)}},

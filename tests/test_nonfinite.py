@@ -194,6 +194,34 @@ def test_skip_stops_after_the_maximum_in_a_row(monkeypatch, tmp_path):
     assert _checkpoints_are_finite(str(tmp_path)) == [10, 20]
 
 
+def test_a_resume_inside_a_longer_streak_names_it_before_any_step(monkeypatch, tmp_path):
+    _faulty(monkeypatch, 25, 60)
+    workdir = str(tmp_path)
+    with pytest.raises(nonfinite.NonFiniteError, match=r"10 meta-steps in a row \(steps 25-34\)"):
+        trainer.train_and_evaluate(tiny_config(**FIELDS, nonfinite="skip"), workdir)
+    # The checkpoint of step 30 was saved six skipped steps into the streak.
+    assert _checkpoints_are_finite(workdir) == [10, 20, 30]
+    ckpts = os.path.join(workdir, "checkpoints")
+    for fields, allowed in (
+        ({"nonfinite": "skip", "nonfinite_max_skips": 4}, "stops after 4 in a row"),
+        ({"nonfinite": "stop"}, "stops at the first"),
+    ):
+        with pytest.raises(nonfinite.NonFiniteError) as e:
+            trainer.train_and_evaluate(tiny_config(**FIELDS, **fields), workdir)
+        assert str(e.value) == (
+            f"the checkpoint of step 30 in {ckpts!r} was saved after 6 non-finite meta-steps "
+            f"in a row (steps 25-30), and this run {allowed} (config.nonfinite, "
+            f"config.nonfinite_max_skips); resume it with --config.nonfinite=skip "
+            f"--config.nonfinite_max_skips=7 or more, or retrain in a new --workdir with a "
+            f"lower --config.meta_lr or --config.inner_lr"
+        )
+        assert _checkpoints_are_finite(workdir) == [10, 20, 30]
+    # A limit above the streak resumes: steps 31-36 make twelve in a row, and it stops there.
+    config = tiny_config(**FIELDS, nonfinite="skip", nonfinite_max_skips=12)
+    with pytest.raises(nonfinite.NonFiniteError, match=r"12 meta-steps in a row \(steps 25-36\)"):
+        trainer.train_and_evaluate(config, workdir)
+
+
 def _last_record(workdir):
     return read_jsonl(os.path.join(workdir, "metrics.jsonl"))[-1]
 
