@@ -472,6 +472,7 @@ def test_resume_is_bit_identical_with_every_switch_on(bn_mode, omniglot_data, tm
     config.update(algorithm="mamlpp", inner_steps=2, data_dir=str(omniglot_data))
     config.omniglot.update(cache_dir=str(tmp_path / "cache"), held_out=("Delta",), num_held_out=0)
     config.model.bn_mode = bn_mode
+    config.learned_lr_scale = 0.1  # its optimiser state (one more masked transform) restores
     # All five: "auto" resolves to per-step batch norm on the support set's statistics and
     # the cosine schedule; running statistics carry their moving average across the resume.
     running = bn_mode == "per_step_running"
