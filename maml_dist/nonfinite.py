@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from maml_dist import algorithms
 from maml_dist.errors import RunStoppedError
 from maml_dist.state import TrainState
 
@@ -82,6 +83,17 @@ def guard(old: TrainState, new: TrainState, finite: jax.Array, max_in_row: int) 
     )
 
 
+def _retrain(config: ml_collections.ConfigDict) -> str:
+    """The advice to retrain, naming the rates' meta-step where the run learns rates."""
+    lslr = config.get("mamlpp", {}).get("lslr", True)
+    scale = (
+        " (or, for its learned rates, --config.learned_lr_scale)"
+        if algorithms.learns_rates(config.algorithm, lslr)
+        else ""
+    )
+    return f"retrain in a new --workdir with a lower --config.meta_lr or --config.inner_lr{scale}"
+
+
 class NonFiniteError(RunStoppedError):
     """The run met more non-finite meta-steps in a row than its mode allows.
 
@@ -128,7 +140,7 @@ def stop_message(
             f"non-finite meta-loss, meta-gradient or update (config.nonfinite_max_skips)"
         )
         resume = "raise --config.nonfinite_max_skips"
-    retrain = "retrain in a new --workdir with a lower --config.meta_lr or --config.inner_lr"
+    retrain = _retrain(config)
     if checkpoint is None:
         return f"{what}, before any checkpoint was written; {retrain}"
     return (
@@ -138,8 +150,10 @@ def stop_message(
     )
 
 
-def check_resumed(config: ml_collections.ConfigDict, step: int, in_row: int, directory: str):
-    """Stops a run resumed inside a streak of skipped steps longer than it now allows.
+def check_resumed(
+    config: ml_collections.ConfigDict, step: int, in_row: int, directory: str
+) -> None:
+    """Stops a run resumed inside a streak of skipped steps as long as its limit or longer.
 
     A checkpoint saved in the middle of such a streak (under "skip") carries its length,
     and a resume with a lower `nonfinite_max_skips` (or "stop") would halt at once,
@@ -163,7 +177,7 @@ def check_resumed(config: ml_collections.ConfigDict, step: int, in_row: int, dir
         f"non-finite meta-steps in a row (steps {step - in_row + 1}-{step}), and this run "
         f"{allowed} (config.nonfinite, config.nonfinite_max_skips); resume it with "
         f"--config.nonfinite=skip --config.nonfinite_max_skips={in_row + 1} or more, or "
-        f"retrain in a new --workdir with a lower --config.meta_lr or --config.inner_lr"
+        f"{_retrain(config)}"
     )
 
 

@@ -121,6 +121,11 @@ def train_and_evaluate(
 
     Returns:
         The final TrainState.
+
+    Raises:
+        nonfinite.NonFiniteError: when the run meets more non-finite meta-steps in a row
+            than its mode allows, or resumes from a checkpoint saved after as many (then
+            before any step, and before its config or records are written).
     """
     # The command line has applied it already; a Python caller whose JAX has started
     # gets a warning (maml_dist.cpu_threads).
@@ -146,6 +151,13 @@ def train_and_evaluate(
         run = _DeviceRun(config, problem, spec, mesh, train_step, abstract)
     state = state_lib.init_state(*init, replicated)
     state = recovery.resume(ckpt, state)
+    step, in_row = (int(x) for x in jax.device_get((state.step, state.nonfinite_in_row)))
+    if step < config.num_steps:  # a finished run resumed only writes its final records
+        try:
+            nonfinite.check_resumed(config, step, in_row, ckpt.directory)
+        except nonfinite.NonFiniteError:
+            _close_after_stop(ckpt)
+            raise
     try:
         # A write that fails (a full disk, no permission) stops the run here, in one line.
         with checkpointing.quiet_closed_loop():
@@ -468,14 +480,11 @@ def _loop(
 
     Raises:
         nonfinite.NonFiniteError: when the run met more non-finite steps than its mode
-            allows; no checkpoint is written from that chunk on. Also before any step
-            when it resumed from a checkpoint saved after that many.
+            allows; no checkpoint is written from that chunk on.
     """
     is_main = jax.process_index() == 0
     pending, last_eval, first = None, {}, True
-    skipped, in_row = jax.device_get((state.skipped_steps, state.nonfinite_in_row))
-    nonfinite.check_resumed(config, step, int(in_row), ckpt.directory)
-    watch = nonfinite.Watch(config, ckpt, int(skipped))
+    watch = nonfinite.Watch(config, ckpt, int(jax.device_get(state.skipped_steps)))
     while step < config.num_steps:
         if first:
             if feed is not None:  # `_DeviceRun` started its compile long before

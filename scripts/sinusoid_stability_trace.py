@@ -35,7 +35,9 @@ from maml_dist.types import RATES
 def dominant_eigenvalue(loss_fn, params, x, y, iterations: int = 50) -> jax.Array:
     """The largest-magnitude eigenvalue of the Hessian of `loss_fn(·, x, y)` at `params`.
 
-    Power iteration finds its eigenvector; the Rayleigh quotient v·Hv gives its sign.
+    Power iteration finds its eigenvector; the Rayleigh quotient v·Hv gives its sign. Where
+    the two extreme eigenvalues are nearly opposite (±λ), the iteration does not settle
+    and the quotient falls short of |λ|.
     """
     grad = jax.grad(loss_fn)
 
@@ -47,7 +49,8 @@ def dominant_eigenvalue(loss_fn, params, x, y, iterations: int = 50) -> jax.Arra
 
     def body(v, _):
         hv = hvp(v)
-        return jax.tree.map(lambda a: a / norm(hv), hv), None
+        size = norm(hv)
+        return jax.tree.map(lambda a: a / size, hv), None
 
     start = jax.tree.map(jnp.ones_like, params)
     start = jax.tree.map(lambda a: a / norm(start), start)

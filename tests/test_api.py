@@ -119,7 +119,8 @@ def test_run_stops_at_a_non_finite_step_with_the_last_finite_state():
 
     import maml_dist as md
 
-    # An inner rate of 100 overflows after a finite first meta-step (8 devices: at step 2).
+    # An inner rate of 100 overflows after a finite first meta-step: at step 2 on the suite's
+    # 8 devices (the meta-batch split 8 ways; other splits round, and overflow, otherwise).
     learner = md.make_learner(md.MetaConfig(inner=md.InnerConfig(lr=100.0)), md.Sinusoid())
     with pytest.raises(md.NonFiniteError, match=r"of meta-step (\d+) is not finite") as info:
         learner.run(learner.init(), 20)

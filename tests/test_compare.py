@@ -57,6 +57,7 @@ def test_compare_prints_the_differing_fields_and_both_runs_and_draws_them(tmp_pa
     lines = proc.stdout.splitlines()
     header = lines[1].split()
     assert header[:2] == ["run", "inner_lr"]  # the one config field that differs
+    assert not set(older) & set(header)
     assert "K=5," in header and "K=10," in header
     rows = {line.split()[0]: line for line in lines[3:5]}
     assert set(rows) == {"lr001", "lr003"}

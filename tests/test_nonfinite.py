@@ -216,10 +216,28 @@ def test_a_resume_inside_a_longer_streak_names_it_before_any_step(monkeypatch, t
             f"lower --config.meta_lr or --config.inner_lr"
         )
         assert _checkpoints_are_finite(workdir) == [10, 20, 30]
+        # Stopped before any step and any write: the records and saved config are the run's.
+        assert [r["step"] for r in read_jsonl(os.path.join(workdir, "metrics.jsonl"))] == [
+            10,
+            20,
+            30,
+        ]
+        with open(os.path.join(workdir, "config.json")) as f:
+            assert json.load(f)["nonfinite_max_skips"] == 10
     # A limit above the streak resumes: steps 31-36 make twelve in a row, and it stops there.
     config = tiny_config(**FIELDS, nonfinite="skip", nonfinite_max_skips=12)
     with pytest.raises(nonfinite.NonFiniteError, match=r"12 meta-steps in a row \(steps 25-36\)"):
         trainer.train_and_evaluate(config, workdir)
+
+
+def test_a_finished_run_ending_in_skipped_steps_resumes_under_any_limit(monkeypatch, tmp_path):
+    # Its last five steps skipped, it finishes; resumed (with "stop"), nothing is left to run.
+    _faulty(monkeypatch, 56, 60)
+    config = tiny_config(**FIELDS, nonfinite="skip")
+    state = trainer.train_and_evaluate(config, str(tmp_path))
+    assert int(state.step) == 60 and int(state.nonfinite_in_row) == 5
+    again = trainer.train_and_evaluate(tiny_config(**FIELDS, nonfinite="stop"), str(tmp_path))
+    assert int(again.step) == 60
 
 
 def _last_record(workdir):
