@@ -19,7 +19,7 @@ from maml_dist import nonfinite, xla_options
 from maml_dist import state as state_lib
 from maml_dist.algorithms import Algorithm
 from maml_dist.state import TrainState
-from maml_dist.types import TRAIN_STREAM, QueryFn, TaskBatch, stream_key, task_key
+from maml_dist.types import RATES, TRAIN_STREAM, QueryFn, TaskBatch, stream_key, task_key
 
 AXIS = "tasks"
 
@@ -470,7 +470,9 @@ def make_train_step(
     `tasks` (the meta-batch, sharded over the task axis) is passed when the host samples
     them; device-sampled families take none. `measure` and `data` are as in `task_terms`.
 
-    `measure` (see `task_terms`) also decides whether `grad_norm` is computed (else NaN).
+    `measure` (see `task_terms`) also decides whether `grad_norm` is computed (else NaN),
+    and, where the algorithm learns inner rates, their range (`inner_lr_min`,
+    `inner_lr_max`).
 
     A step whose meta-loss, meta-gradient or update is not finite changes neither the
     meta-parameters nor the optimiser state (`nonfinite.guard`); after
@@ -497,10 +499,28 @@ def make_train_step(
             "grad_norm": grad_norm,
             "skipped_steps": state.skipped_steps,
             "nonfinite_in_row": state.nonfinite_in_row,
+            **_rate_range(state.meta_params, measure),
         }
         return state, metrics
 
     return train_step
+
+
+def _rate_range(meta_params, measure) -> dict[str, jax.Array]:
+    """The least and greatest learned inner rate (Meta-SGD's; MAML++'s), if any.
+
+    Rates that wander far from the inner learning rate, or below zero, are what the
+    README's "MAML++ with five inner steps" saw before a run diverged; these let a user
+    watch them in TensorBoard (`train/inner_lr_min`, `train/inner_lr_max`).
+    """
+    if not isinstance(meta_params, dict) or RATES not in meta_params:
+        return {}
+    leaves = jax.tree.leaves(meta_params[RATES])
+    flat = jnp.concatenate([jnp.ravel(r).astype(jnp.float32) for r in leaves])
+    return {
+        "inner_lr_min": _when(measure, lambda: jnp.min(flat)),
+        "inner_lr_max": _when(measure, lambda: jnp.max(flat)),
+    }
 
 
 def _when(measure: bool | jax.Array, fn: Callable[[], jax.Array]) -> jax.Array:

@@ -151,8 +151,13 @@ def test_learned_lr_scale_scales_the_learned_rates_steps_alone():
         learner = md.make_learner(config, md.Sinusoid())
         start = learner.init()
         before = jax.device_get(start.meta_params)
-        state, _ = learner.run(start, 1)
-        return jax.tree.map(lambda a, b: a - b, jax.device_get(state.meta_params), before)
+        state, metrics = learner.run(start, 1)
+        after = jax.device_get(state.meta_params)
+        # The step reports the learned rates' range (TensorBoard's train/inner_lr_*).
+        rates = [a.ravel() for a in jax.tree.leaves(after[RATES])]
+        assert float(metrics["inner_lr_min"][-1]) == min(r.min() for r in rates)
+        assert float(metrics["inner_lr_max"][-1]) == max(r.max() for r in rates)
+        return jax.tree.map(lambda a, b: a - b, after, before)
 
     full, scaled = first_update(1.0), first_update(0.25)
     chex.assert_trees_all_close(scaled["params"], full["params"], rtol=1e-6)

@@ -495,6 +495,14 @@ def test_resume_is_bit_identical_with_every_switch_on(bn_mode, omniglot_data, tm
     else:
         assert set(resumed.meta_params["params"]["SupportNorm_0"]) == {"scale", "offset"}
     records = read_jsonl(str(tmp_path / "r" / "metrics.jsonl"))
+    # The learned rates' range is logged, as the final state has it.
+    final_rates = np.concatenate(
+        [np.ravel(r) for r in jax.tree.leaves(resumed.meta_params["inner_lr"])]
+    )
+    assert (records[-1]["inner_lr_min"], records[-1]["inner_lr_max"]) == pytest.approx(
+        (final_rates.min(), final_rates.max()), rel=1e-6
+    )
+    assert records[-1]["inner_lr_min"] < records[-1]["inner_lr_max"]
     rates = [r["learning_rate"] for r in records]
     assert [r["step"] for r in records] == [2, 3, 4, 6]  # steps past 3 logged once
     assert rates == sorted(rates, reverse=True) and rates[-1] < rates[0]
