@@ -20,6 +20,9 @@ Variants are overrides, not copies:
     --config.first_order=True        first-order MAML
     --config.remat_inner=True        rematerialise each inner step (long inner loops)
     --config.pad_meta_batch=True     run meta-batch 25 on 2, 4 or 8 devices (masked padding)
+    --config.algorithm=mamlpp --config.inner_steps=5 --config.learned_lr_scale=0.1
+                                     MAML++ with five inner steps (at scale 1 it diverges;
+                                     README, "MAML++ with five inner steps")
 
 `configs/sinusoid.py:tiny` is a seconds-long variant for tests and smoke runs.
 """
