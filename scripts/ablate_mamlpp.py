@@ -13,7 +13,8 @@ last step the evaluator reports, with 95% confidence intervals.
 `--variants=mamlpp_transductive` runs MAML++'s other four changes on MAML's transductive
 batch norm, the evaluation protocol of the MAML row; `bn_support` and `mamlpp_support` are
 `bn` and `mamlpp` with per-step batch norm normalising with the support set's statistics
-(`per_step_support`) instead of running ones.
+(`per_step_support`) instead of running ones; `lslr_bn_support` is the learned rates and
+`per_step_support` batch norm together, without the other three.
 """
 
 from __future__ import annotations
@@ -53,6 +54,13 @@ VARIANTS = {
     # Per-step batch norm normalising with the support set's statistics (MetaBN), alone and
     # with the other four: queries classified independently, without running statistics.
     "bn_support": {"algorithm": "mamlpp", **_OFF, "model.bn_mode": "per_step_support"},
+    # The two changes that helped most alone, together without the other three.
+    "lslr_bn_support": {
+        "algorithm": "mamlpp",
+        **_OFF,
+        "mamlpp.lslr": True,
+        "model.bn_mode": "per_step_support",
+    },
     "mamlpp_support": {
         "algorithm": "mamlpp",
         "mamlpp.msl": True,
@@ -80,6 +88,7 @@ LABELS = {
     "doa": "+ derivative-order annealing",
     "mamlpp": "MAML++ (all five)",
     "bn_support": "+ per-step batch norm, support-set statistics",
+    "lslr_bn_support": "+ per-layer per-step rates and support-set batch norm",
     "mamlpp_support": "MAML++ (all five), support-set statistics",
     "mamlpp_transductive": "MAML++ but transductive batch norm (the other four)",
 }
