@@ -21,12 +21,21 @@ import tempfile  # noqa: E402
 
 from maml_dist import compile_cache  # noqa: E402
 
-# One persistent compilation cache per test worker, which the command-line runs it starts
-# share through JAX_COMPILATION_CACHE_DIR (their default): many tests compile the same
-# programs (the tiny configs' meta-steps, evaluations and meta-tests), and loading one is
-# much faster than compiling it (the suite took 1,167 s without, on 2 cores). A cache of
-# its own per worker, not the user's, keeps the tests independent of earlier runs.
-_CACHE = tempfile.mkdtemp(prefix="maml_dist_test_xla_cache_")
-atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+# One persistent compilation cache for the whole test run, which its pytest-xdist workers
+# and the command-line runs they start share through JAX_COMPILATION_CACHE_DIR (their
+# default): many tests compile the same programs (the tiny configs' meta-steps,
+# evaluations and meta-tests), and loading one is much faster than compiling it (the
+# suite took 1,167 s without, on 2 cores). The first process of the run (pytest itself,
+# or xdist's controller, which starts the workers after reading this file) makes the
+# folder and removes it at exit; the workers inherit it through the environment. A
+# folder of the run's own, not the user's, keeps the tests independent of earlier runs.
+# Two workers may write the same entry at once: JAX reads a damaged entry as a miss
+# (a warning, then a compile), and both write the same bytes.
+_SHARED = "MAML_DIST_TEST_XLA_CACHE"
+_CACHE = os.environ.get(_SHARED)
+if _CACHE is None:
+    _CACHE = tempfile.mkdtemp(prefix="maml_dist_test_xla_cache_")
+    os.environ[_SHARED] = _CACHE
+    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
 compile_cache.enable(_CACHE)

@@ -2,6 +2,7 @@
 norm against independent formulations; sharded, resumed and run from the command line."""
 
 import dataclasses
+import functools
 import json
 import shutil
 
@@ -330,13 +331,10 @@ def test_maml_with_per_step_batch_norm_is_mamlpp_with_its_switches_off():
         algorithms.make_algorithm("anil", loss_fn, inner, query_fn, None, step_net)
 
 
-@pytest.mark.parametrize(
-    ("bn_mode", "num_devices"),
-    # The default mode on every device count; running statistics (the same sharding, one
-    # more reduced leaf) on two, to keep the suite's time in bounds.
-    [("per_step_support", n) for n in (1, 2, 4, 8)] + [("per_step_running", n) for n in (2, 8)],
-)
-def test_sharded_equals_reference_with_every_switch_and_per_step_batch_norm(bn_mode, num_devices):
+_SWITCH_STEPS = (4, 7, 25)  # first order, second order, then past the MSL annealing
+
+
+def _every_switch_spec(bn_mode):
     _, loss_fn, query_fn, step_net, params = _conv(bn_mode, steps=3)
     inner = algorithms.InnerConfig(lr=0.1, steps=3, msl_anneal_steps=20, doa_steps=5)
     algorithm = mamlpp.make(loss_fn, inner, query_fn, step_net)
@@ -347,12 +345,29 @@ def test_sharded_equals_reference_with_every_switch_and_per_step_batch_norm(bn_m
         meta_batch_size=8,
         seed=0,
     )
-    meta = algorithm.init(params)
+    return spec, algorithm.init(params)
+
+
+@functools.cache
+def _every_switch_reference(bn_mode):
+    """The unsharded meta-gradients at `_SWITCH_STEPS`, computed once for every device count."""
+    spec, meta = _every_switch_spec(bn_mode)
+    reference = jax.jit(parallel.reference_meta_grads, static_argnums=0)
+    return [jax.device_get(reference(spec, meta, step)) for step in _SWITCH_STEPS]
+
+
+@pytest.mark.parametrize(
+    ("bn_mode", "num_devices"),
+    # The default mode on every device count; running statistics (the same sharding, one
+    # more reduced leaf) on two, to keep the suite's time in bounds.
+    [("per_step_support", n) for n in (1, 2, 4, 8)] + [("per_step_running", n) for n in (2, 8)],
+)
+def test_sharded_equals_reference_with_every_switch_and_per_step_batch_norm(bn_mode, num_devices):
+    spec, meta = _every_switch_spec(bn_mode)
     mesh = parallel.make_mesh(jax.devices()[:num_devices])
     sharded = jax.jit(parallel.make_meta_grad_fn(spec, mesh))
     rep = parallel.replicated(mesh)
-    for step in (4, 7, 25):  # first order, second order, then past the MSL annealing
-        reference = jax.jit(parallel.reference_meta_grads, static_argnums=0)(spec, meta, step)
+    for step, reference in zip(_SWITCH_STEPS, _every_switch_reference(bn_mode), strict=True):
         got = sharded(jax.device_put(meta, rep), jax.device_put(jnp.int32(step), rep))
         chex.assert_trees_all_close(got, reference, rtol=1e-5, atol=1e-6)
 
