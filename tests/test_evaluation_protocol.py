@@ -216,7 +216,8 @@ def test_episode_image_frames_right_and_wrong_predictions_in_their_colours():
 
 
 def test_one_shot_runs_refuse_a_run_that_trained_on_their_alphabets(tmp_path):
-    # Atlantean is the alphabet of Lake et al.'s run01 and run02 (README, "one-shot runs").
+    # Atlantean is the alphabet of Lake et al.'s run01 and run02 (README, "The one-shot
+    # classification runs").
     root = tmp_path / "data"
     make_omniglot_set(root, "images_background_small1", {"Atlantean": 5, "Beta": 5})
     make_omniglot_set(root, "images_background_small2", {"Delta": 5})

@@ -1,0 +1,45 @@
+"""The code's pointers into the README resolve: a renamed section breaks this test."""
+
+import pathlib
+import re
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# `README, "Section"`, `README "Section"` and `README's "Section"`, across comment lines.
+SECTION = re.compile(r'README(?:\'s)?,?\s+\(?"([^"]+)"')
+TRAP = re.compile(r"README trap (\d+)")
+
+
+def _sources():
+    for pattern in ("maml_dist/**/*.py", "scripts/*.py", "scripts/*.sh", "tests/*.py"):
+        # Not this file, whose own examples are patterns, not pointers.
+        yield from sorted(p for p in ROOT.glob(pattern) if p != pathlib.Path(__file__).resolve())
+    yield from sorted(p for p in (ROOT / "configs").glob("*.py"))
+    yield from sorted(p for p in (ROOT / "launch").iterdir() if p.is_file())
+
+
+def _joined(path):
+    """The file's text with each line break (and a comment's `#`) read as one space."""
+    return re.sub(r"\s*\n\s*(?:#\s*)?", " ", path.read_text())
+
+
+def test_every_readme_section_and_trap_the_code_names_exists():
+    readme = (ROOT / "README.md").read_text()
+    headings = [line.lstrip("#").strip().lower() for line in readme.splitlines() if line[:1] == "#"]
+    traps = readme[readme.index("## Traps found on this stack") :]
+    traps = traps[: traps.index("\n## ")]
+    num_traps = len(re.findall(r"^\d+\. ", traps, re.M))
+    assert num_traps >= 10
+    found, broken = 0, []
+    for path in _sources():
+        text = _joined(path)
+        for match in SECTION.finditer(text):
+            found += 1
+            name = match.group(1).lower()
+            if not any(name in heading for heading in headings):
+                broken.append(f"{path.relative_to(ROOT)}: README section {match.group(1)!r}")
+        for match in TRAP.finditer(text):
+            found += 1
+            if not 1 <= int(match.group(1)) <= num_traps:
+                broken.append(f"{path.relative_to(ROOT)}: {match.group(0)} (of {num_traps})")
+    assert found > 20  # the patterns still match how the code cites the README
+    assert not broken, "\n".join(broken)
