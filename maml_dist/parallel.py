@@ -369,7 +369,7 @@ def make_meta_grad_fn(spec: MetaBatch, mesh: jax.sharding.Mesh) -> Callable:
         first, indices = _device_tasks(layout)
         if fuses_task_sum(spec, layout):
             sums = weighted_task_sum(spec, meta_params, step, indices, tasks, measure, data)
-            flat, unravel = ravel_pytree(sums)  # one collective for everything (trap 7)
+            flat, unravel = ravel_pytree(sums)  # one collective for everything (README trap 7)
             return unravel(jax.lax.psum(flat, AXIS))
         terms = task_terms(spec, meta_params, step, indices, tasks, measure, data)
         rows, unravel = weighted_rows(terms, task_weights(indices, spec.meta_batch_size))

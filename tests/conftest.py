@@ -32,7 +32,9 @@ from maml_dist import compile_cache  # noqa: E402
 # Two workers may write the same entry at once: JAX reads a damaged entry as a miss
 # (a warning, then a compile), and both write the same bytes.
 _SHARED = "MAML_DIST_TEST_XLA_CACHE"
-_CACHE = os.environ.get(_SHARED)
+# Only an xdist worker takes the folder from its environment: a value left exported in a
+# shell must not make a later run reuse (and never remove) an old folder.
+_CACHE = os.environ.get(_SHARED) if os.environ.get("PYTEST_XDIST_WORKER") else None
 if _CACHE is None:
     _CACHE = tempfile.mkdtemp(prefix="maml_dist_test_xla_cache_")
     os.environ[_SHARED] = _CACHE
