@@ -30,7 +30,7 @@ from maml_dist import compile_cache  # noqa: E402
 # folder and removes it at exit; the workers inherit it through the environment. A
 # folder of the run's own, not the user's, keeps the tests independent of earlier runs.
 # Two workers may write the same entry at once: JAX reads a damaged entry as a miss
-# (a warning, then a compile), and both write the same bytes.
+# (a warning, then a compile), and either writer's entry is a compile of the same program.
 _SHARED = "MAML_DIST_TEST_XLA_CACHE"
 # Only an xdist worker takes the folder from its environment: a value left exported in a
 # shell must not make a later run reuse (and never remove) an old folder.
