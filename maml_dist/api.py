@@ -22,7 +22,7 @@ import jax
 import numpy as np
 import optax
 
-from maml_dist import algorithms, meta_test, parallel
+from maml_dist import algorithms, meta_objective, meta_test, meta_update, parallel
 from maml_dist import state as state_lib
 from maml_dist.errors import UserInputError
 from maml_dist.nonfinite import NonFiniteError
@@ -151,23 +151,23 @@ def make_learner(
     def sample_fn(key, data=None):
         return family.sample(key, config.shots, config.num_query)
 
-    spec = parallel.MetaBatch(
+    spec = meta_objective.MetaBatch(
         algorithm=algorithm,
         query_fn=query_fn,
         sample_fn=None if family.host_sampled else sample_fn,
         meta_batch_size=config.meta_batch_size,
         seed=config.seed,
-        batching=parallel.resolve_batching("vmap" if family.kind == "regression" else "auto"),
+        batching=meta_objective.resolve_batching("vmap" if family.kind == "regression" else "auto"),
         tasks_per_vmap=config.tasks_per_vmap,
     )
-    meta_step = parallel.make_train_step(parallel.make_meta_grad_fn(spec, mesh), tx)
+    meta_step = meta_update.make_train_step(parallel.make_meta_grad_fn(spec, mesh), tx)
 
     def init() -> state_lib.TrainState:
         return state_lib.init_state(
             model, family.example_input(), tx, config.seed, algorithm, replicated
         )
 
-    run = None if family.host_sampled else _stopping(parallel.make_multi_step(meta_step))
+    run = None if family.host_sampled else _stopping(meta_update.make_multi_step(meta_step))
     return Learner(
         config=config,
         family=family,

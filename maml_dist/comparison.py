@@ -11,8 +11,8 @@ import json
 import os
 
 from maml_dist import formatting, plotting
-from maml_dist.checks import RESUMABLE_CHANGES, with_later_fields
 from maml_dist.errors import UserInputError
+from maml_dist.resume_checks import RESUMABLE_CHANGES, with_later_fields
 
 # Config fields that change neither the training nor the test: not worth a column.
 _NOT_COMPARED = (RESUMABLE_CHANGES - {"num_steps"}) | {"omniglot.cache_dir"}

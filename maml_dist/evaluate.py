@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 from absl import app, flags
 
-from maml_dist import cli, cpu_threads, evaluator
+from maml_dist import cli, cpu_threads, eval_table, evaluator
 from maml_dist.errors import UserInputError
 from maml_dist.types import TEST_SEED
 
@@ -81,7 +81,7 @@ def main(argv):
             allow_overlap=_ALLOW_OVERLAP.value,
         )
         if jax.process_index() == 0:
-            print(evaluator.format_table(report))
+            print(eval_table.format_table(report))
 
     cli.run_reporting_errors(_PROG, run, watch)
 

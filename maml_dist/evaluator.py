@@ -1,94 +1,22 @@
-"""Meta-testing a checkpoint: restore, adapt on fixed test tasks, report with 95% CIs."""
+"""Meta-testing a checkpoint: adapt on fixed test tasks, report with 95% CIs, write eval/."""
 
 from __future__ import annotations
 
 import json
 import os
-import time
 
 import jax
-import ml_collections
 import numpy as np
 from absl import logging
 from PIL import Image
 
-from maml_dist import (
-    checks,
-    formatting,
-    meta_test,
-    parallel,
-    plotting,
-    recorded_split,
-    recovery,
-)
+from maml_dist import checks, meta_test, plotting, recorded_split
 from maml_dist import state as state_lib
-from maml_dist.checkpointing import Checkpointer, has_checkpoint
 from maml_dist.data import omniglot_runs as omniglot_runs_lib
-from maml_dist.problem import make_problem
+from maml_dist.problem import Problem, make_problem
 from maml_dist.progress import Progress
+from maml_dist.trained_run import load_run_config, restore_params
 from maml_dist.types import TEST_SEED, TEST_STREAM, TaskBatch
-
-
-def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-    """The resolved config a training run wrote to `workdir/config.json`.
-
-    Raises:
-        checks.UserInputError: if the workdir holds no trained run.
-    """
-    path = os.path.join(workdir, "config.json")
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    if not os.path.exists(path) or not has_checkpoint(ckpt_dir):
-        raise checks.UserInputError(
-            f"no checkpoint in {ckpt_dir!r}; train first with "
-            f"`python -m maml_dist.train --config=configs/sinusoid.py --workdir={workdir}`"
-        )
-    with open(path) as f:
-        saved = json.load(f)
-    checks.check_run_format(saved, workdir)
-    return ml_collections.ConfigDict(saved)
-
-
-def restore_params(config: ml_collections.ConfigDict, workdir: str, step: int | None, problem=None):
-    """Restores the meta-parameters of checkpoint `step` (default: the newest that restores).
-
-    `problem` is the config's `Problem` if the caller has built it already.
-
-    Returns:
-        (meta_params, step).
-    """
-    problem = problem or make_problem(config)
-    tx, _ = state_lib.make_meta_optimizer(config)
-    target = state_lib.abstract_state(
-        problem.model,
-        problem.family.example_input(),
-        tx,
-        config.seed,
-        problem.algorithm,
-        parallel.replicated(parallel.make_mesh()),
-    )
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=1, create=False)
-    try:
-        started = time.perf_counter()
-        logging.info(
-            "restoring the checkpoint at step %s...", ckpt.latest_step() if step is None else step
-        )
-        if step is None:
-            # Damaged checkpoints are passed over but left in place: evaluation only reads.
-            state, step, damaged = recovery.restore_newest(ckpt, target)
-            for d in damaged:
-                logging.warning(
-                    "the checkpoint at step %d cannot be restored (%s); evaluating step %d",
-                    d.step,
-                    d.error,
-                    step,
-                )
-        else:
-            state = recovery.restore_step(ckpt, step, target)
-        logging.info("restored step %d in %.1f s", step, time.perf_counter() - started)
-    finally:
-        ckpt.close()
-    return state.meta_params, step
-
 
 # Query sets of meta-testing: "standard" is the common protocol of few-shot papers (15
 # images per class; 100 points per sinusoid); "maml_code" the original MAML code's (K per
@@ -138,17 +66,7 @@ def evaluate(
     Returns:
         The results dict (see README for its shape).
     """
-    if (
-        num_tasks < 2
-        or max_inner_steps < 0
-        or (num_query is not None and num_query < 1)
-        or (shots is not None and (not shots or min(shots) < 1))
-    ):
-        raise checks.UserInputError(
-            "need --num_tasks >= 2, --max_inner_steps >= 0, --num_query >= 1 and positive "
-            "--shots (e.g. --shots=5,10,20)"
-        )
-    protocol_asked = protocol
+    _check_sizes(num_tasks, max_inner_steps, num_query, shots)
     if protocol not in PROTOCOLS:
         raise checks.UserInputError(
             f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}"
@@ -169,95 +87,16 @@ def evaluate(
             + (f" {config.ways}-way" if family.name == "omniglot" else "")
             + ", so evaluate a 20-way run (e.g. configs/omniglot_minimal_20w1s.py)"
         )
-    split = None
-    if classification:
-        split = family.split_record()
-        checked = recorded_split.check(
-            workdir,
-            split,
-            config.data_dir,
-            "pass the data the run was trained on with --data_dir, or retrain on this data",
-        )
-        if not checked:
-            logging.warning(
-                "%s has no %s (the run predates split records), so the split rebuilt from "
-                "the data is not checked against the one it was trained on",
-                workdir,
-                recorded_split.FILE,
-            )
-    runs, overlapping = None, []
+    split, checked = _checked_split(workdir, config, problem)
+    runs, overlapping, unknown = None, [], []
     if omniglot_runs is not None:  # read before any compile, so bad files fail fast
-        runs = omniglot_runs_lib.load_runs(omniglot_runs, config.omniglot.image_size)
-        overlapping = omniglot_runs_lib.overlap(runs, split["train"])
-        unknown = [r.name for r in runs if omniglot_runs_lib.run_alphabet(r.name) is None]
-        if unknown and not allow_overlap:
-            raise checks.UserInputError(
-                f"cannot tell which alphabet one-shot run {unknown[0]!r} comes from (Lake et "
-                f"al.'s are run01..run20), so not whether meta-training saw it; pass "
-                f"--allow_overlap to score it regardless"
-            )
-        if overlapping and not allow_overlap:
-            raise checks.UserInputError(
-                f"this run meta-trained on characters of {len(overlapping)} of the one-shot "
-                f"runs' alphabets ({', '.join(overlapping)}), so their error would not be a "
-                f"held-out one; evaluate a run without them (e.g. configs/"
-                f"omniglot_minimal_20w1s.py or configs/omniglot_lake_20w1s.py), or pass "
-                f"--allow_overlap to report it marked as overlapping"
-            )
+        runs, overlapping, unknown = _held_out_runs(omniglot_runs, config, split, allow_overlap)
     shots = shots or ((config.shots,) if classification else (5, 10, 20))
-    protocol = protocol if num_query is None else "custom"
-    if num_query is None:
-        if protocol == "maml_code":
-            # K per class (per task, for regression): the same for every K in `shots`.
-            if len(set(shots)) > 1:
-                raise checks.UserInputError(
-                    f"--protocol=maml_code takes K queries per class, one K at a time; got "
-                    f"--shots={','.join(map(str, shots))}"
-                )
-            num_query = shots[0]
-        else:
-            num_query = 15 if classification else 100
-    elif protocol_asked == "maml_code":
-        raise checks.UserInputError(
-            "--protocol=maml_code sets the query size (K per class); drop --num_query"
-        )
+    protocol, num_query = _query_size(protocol, num_query, shots, classification)
     meta_params, step = restore_params(config, workdir, step, problem)
-    metrics = (problem.score_fn,)
-
-    results, examples = [], []
-    for k in shots:
-        test = problem.fixed_tasks(test_seed, TEST_STREAM, num_tasks, k, num_query)
-        curves = meta_test.adaptation_curves(
-            problem.algorithm,
-            meta_params,
-            test,
-            max_inner_steps,
-            metrics,
-            progress=Progress(f"meta-test K={k}", num_tasks, "tasks"),
-            batching=config.get("task_batching", "auto"),
-        )[..., 0]
-        mean, ci = meta_test.mean_and_ci95(curves)
-        result = {"shots": k}
-        if classification:
-            result["ways"] = config.ways
-        results.append(
-            {
-                **result,
-                "inner_steps": list(range(max_inner_steps + 1)),
-                "mean": _json_numbers(mean),
-                "ci95": _json_numbers(ci),
-                "median": _json_numbers(meta_test.median(curves)),
-                # Tasks whose loss is inf/nan after each step (a diverged inner loop); the
-                # mean is then not finite and is written as null.
-                "nonfinite": np.sum(~np.isfinite(curves), axis=0).tolist(),
-            }
-        )
-        first = jax.device_put(
-            jax.tree.map(lambda a: np.asarray(a)[0], test),
-            jax.tree.leaves(meta_params)[0].sharding,
-        )
-        examples.append(_example(problem, meta_params, first, max_inner_steps))
-
+    results, examples = _meta_test(
+        config, problem, meta_params, shots, num_tasks, num_query, max_inner_steps, test_seed
+    )
     report = {
         "task": config.task,
         "metric": family.metric,
@@ -296,16 +135,144 @@ def evaluate(
         # and which runs' alphabets are unknown; both empty for a held-out error rate.
         report["omniglot_runs"].update(overlap=overlapping, unknown_alphabet=unknown)
     if jax.process_index() == 0:
-        out = os.path.join(workdir, "eval")
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "results.json"), "w") as f:
-            json.dump(report, f, indent=2, allow_nan=False)
-        plotting.save_curves(os.path.join(out, "curves.png"), results, family.metric)
-        if classification:
-            Image.fromarray(examples[0]).save(os.path.join(out, "example_episode.png"))
-        else:
-            plotting.save_example_fits(os.path.join(out, "example_fits.png"), examples)
+        _write(os.path.join(workdir, "eval"), report, examples, family)
     return report
+
+
+def _check_sizes(num_tasks: int, max_inner_steps: int, num_query, shots) -> None:
+    """Refuses test-set sizes that cannot give a mean and a confidence interval."""
+    if (
+        num_tasks < 2
+        or max_inner_steps < 0
+        or (num_query is not None and num_query < 1)
+        or (shots is not None and (not shots or min(shots) < 1))
+    ):
+        raise checks.UserInputError(
+            "need --num_tasks >= 2, --max_inner_steps >= 0, --num_query >= 1 and positive "
+            "--shots (e.g. --shots=5,10,20)"
+        )
+
+
+def _checked_split(workdir: str, config, problem: Problem) -> tuple[dict | None, bool]:
+    """A classification run's class split, checked against the one it recorded.
+
+    Returns:
+        (the split record, or None for families without classes; whether `DIR/split.json`
+        was there to check it against).
+    """
+    if problem.family.kind != "classification":
+        return None, False
+    split = problem.family.split_record()
+    checked = recorded_split.check(
+        workdir,
+        split,
+        config.data_dir,
+        "pass the data the run was trained on with --data_dir, or retrain on this data",
+    )
+    if not checked:
+        logging.warning(
+            "%s has no %s (the run predates split records), so the split rebuilt from "
+            "the data is not checked against the one it was trained on",
+            workdir,
+            recorded_split.FILE,
+        )
+    return split, checked
+
+
+def _held_out_runs(path: str, config, split: dict, allow_overlap: bool):
+    """Lake et al.'s one-shot runs, refused where meta-training saw their alphabets.
+
+    Returns:
+        (the runs, the alphabets meta-training saw characters of, the runs whose alphabet
+        is unknown): both lists empty unless `allow_overlap`.
+    """
+    runs = omniglot_runs_lib.load_runs(path, config.omniglot.image_size)
+    overlapping = omniglot_runs_lib.overlap(runs, split["train"])
+    unknown = [r.name for r in runs if omniglot_runs_lib.run_alphabet(r.name) is None]
+    if unknown and not allow_overlap:
+        raise checks.UserInputError(
+            f"cannot tell which alphabet one-shot run {unknown[0]!r} comes from (Lake et "
+            f"al.'s are run01..run20), so not whether meta-training saw it; pass "
+            f"--allow_overlap to score it regardless"
+        )
+    if overlapping and not allow_overlap:
+        raise checks.UserInputError(
+            f"this run meta-trained on characters of {len(overlapping)} of the one-shot "
+            f"runs' alphabets ({', '.join(overlapping)}), so their error would not be a "
+            f"held-out one; evaluate a run without them (e.g. configs/"
+            f"omniglot_minimal_20w1s.py or configs/omniglot_lake_20w1s.py), or pass "
+            f"--allow_overlap to report it marked as overlapping"
+        )
+    return runs, overlapping, unknown
+
+
+def _query_size(protocol: str, num_query, shots, classification: bool) -> tuple[str, int]:
+    """(the protocol reported, the query size): `num_query` when given ("custom")."""
+    if num_query is not None:
+        if protocol == "maml_code":
+            raise checks.UserInputError(
+                "--protocol=maml_code sets the query size (K per class); drop --num_query"
+            )
+        return "custom", num_query
+    if protocol == "maml_code":
+        # K per class (per task, for regression): the same for every K in `shots`.
+        if len(set(shots)) > 1:
+            raise checks.UserInputError(
+                f"--protocol=maml_code takes K queries per class, one K at a time; got "
+                f"--shots={','.join(map(str, shots))}"
+            )
+        return protocol, shots[0]
+    return protocol, 15 if classification else 100
+
+
+def _meta_test(config, problem, meta_params, shots, num_tasks, num_query, steps, test_seed):
+    """Adaptation curves on the fixed test tasks of each K: (results rows, example data)."""
+    results, examples = [], []
+    for k in shots:
+        test = problem.fixed_tasks(test_seed, TEST_STREAM, num_tasks, k, num_query)
+        curves = meta_test.adaptation_curves(
+            problem.algorithm,
+            meta_params,
+            test,
+            steps,
+            (problem.score_fn,),
+            progress=Progress(f"meta-test K={k}", num_tasks, "tasks"),
+            batching=config.get("task_batching", "auto"),
+        )[..., 0]
+        mean, ci = meta_test.mean_and_ci95(curves)
+        result = {"shots": k}
+        if problem.family.kind == "classification":
+            result["ways"] = config.ways
+        results.append(
+            {
+                **result,
+                "inner_steps": list(range(steps + 1)),
+                "mean": _json_numbers(mean),
+                "ci95": _json_numbers(ci),
+                "median": _json_numbers(meta_test.median(curves)),
+                # Tasks whose loss is inf/nan after each step (a diverged inner loop); the
+                # mean is then not finite and is written as null.
+                "nonfinite": np.sum(~np.isfinite(curves), axis=0).tolist(),
+            }
+        )
+        first = jax.device_put(
+            jax.tree.map(lambda a: np.asarray(a)[0], test),
+            jax.tree.leaves(meta_params)[0].sharding,
+        )
+        examples.append(_example(problem, meta_params, first, steps))
+    return results, examples
+
+
+def _write(out: str, report: dict, examples: list, family) -> None:
+    """Writes `out/results.json`, `curves.png` and the example picture."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(report, f, indent=2, allow_nan=False)
+    plotting.save_curves(os.path.join(out, "curves.png"), report["results"], family.metric)
+    if family.kind == "classification":
+        Image.fromarray(examples[0]).save(os.path.join(out, "example_episode.png"))
+    else:
+        plotting.save_example_fits(os.path.join(out, "example_fits.png"), examples)
 
 
 def _one_shot_runs(problem, meta_params, runs, steps: int, batching: str) -> dict:
@@ -364,48 +331,3 @@ def _example(problem, meta_params, task, steps: int):
         "after": after[:, 0],
         "steps": steps,
     }
-
-
-def shown_steps(last: int, trained: int | None) -> list[int]:
-    """The inner-step counts the table shows: 0, 1, 5, the training count and the last."""
-    wanted = {0, 1, 5, last} | ({trained} if trained is not None else set())
-    return sorted(s for s in wanted if s <= last)
-
-
-def format_table(report: dict) -> str:
-    """A plain-text table: one row per K, a column per shown inner-step count.
-
-    The columns are after 0, 1, 5, the training count and the last inner step (every count
-    is in results.json and curves.png).
-    """
-    metric, n = report["metric"], report["num_tasks"]
-    steps = shown_steps(report["results"][0]["inner_steps"][-1], report.get("train_inner_steps"))
-    header = ["K"] + [
-        f"{s} step{'s' * (s != 1)}" + (" (trained)" if s == report.get("train_inner_steps") else "")
-        for s in steps
-    ]
-    body = [
-        [str(r["shots"])]
-        + [
-            formatting.cell(
-                r["mean"][s], r["ci95"][s], r["median"][s], r["nonfinite"][s], n, metric
-            )
-            for s in steps
-        ]
-        for r in report["results"]
-    ]
-    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
-    title = f"query {metric} (mean ± 95% CI) over {n} test tasks; checkpoint step {report['step']}"
-    if "ways" in report["results"][0]:
-        title += f"; {report['results'][0]['ways']}-way, K = shots per class"
-    rows = [title, "  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
-    rows.append("  ".join("-" * w for w in widths))
-    rows += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in body]
-    runs = report.get("omniglot_runs")
-    if runs:
-        rows.append(
-            f"one-shot runs (Lake et al. 2015), error after {runs['inner_steps']} inner "
-            f"steps: {100 * runs['error_rate']:.1f}% overall"
-        )
-        rows.extend(f"  {r['run']}: {100 * r['error_rate']:.1f}%" for r in runs["per_run"])
-    return "\n".join(rows)

@@ -10,7 +10,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from maml_dist import algorithms, parallel, xla_options
+from maml_dist import algorithms, meta_objective, parallel, xla_options
 from maml_dist.parallel import AXIS
 from maml_dist.progress import Progress
 from maml_dist.tasks.base import TaskFamily
@@ -39,7 +39,7 @@ def adaptation_curves(
     metrics: tuple[LossFn, ...],
     chunk: int | None = None,
     progress: Progress | None = None,
-    batching: str = parallel.AUTO,
+    batching: str = meta_objective.AUTO,
 ) -> np.ndarray:
     """Query metrics of every task after 0..steps inner steps: (num_tasks, steps + 1, M).
 
@@ -69,7 +69,7 @@ def adaptation_curves(
     chunk = per_device * devices
     sharding = NamedSharding(mesh, P(AXIS))
     host = jax.tree.map(np.asarray, tasks)
-    batching = parallel.resolve_batching(batching)
+    batching = meta_objective.resolve_batching(batching)
     run = _curves_fn(algorithm, steps, metrics, mesh, "vmap" if batching == "vmap" else "loop")
     out = []
     for start in range(0, num_tasks, chunk):

@@ -8,6 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from maml_dist.convs import PatchConv, SliceConv, cast
+from maml_dist.norms import BatchStatNorm, StepNorm, SupportNorm
 from maml_dist.types import HEAD
 
 CONV_IMPLS = ("xla", "im2col", "slices", "auto")
@@ -26,10 +28,6 @@ PARTS = ("all", "body", "head")
 BN_MODES = ("transductive", "per_step_running", "per_step_support", "none")
 # The modes whose outputs depend on how many inner steps the parameters have had.
 PER_STEP_BN_MODES = ("per_step_running", "per_step_support")
-# Running statistics are leaves of `params` with these names (see StepNorm).
-RUNNING_STATS = ("running_mean", "running_var")
-# The flax collection a StepNorm in training mode sows its batch statistics into.
-STEP_STATS = "step_stats"
 # What a network computes in (README, "Compute dtype"): "float32" everything; "bfloat16"
 # the activations, convolutions and matrix products, with the parameters float32 (cast
 # down where used, so gradients and updates are float32), batch-norm statistics computed
@@ -58,19 +56,9 @@ def resolve_compute_dtype(name: str):
     return None if name == "float32" else jnp.dtype(name)
 
 
-def _cast(x: jax.Array, dtype) -> jax.Array:
-    """`x` in `dtype`, or unchanged for None."""
-    return x if dtype is None else x.astype(dtype)
-
-
 def _output(x: jax.Array) -> jax.Array:
     """A network's output in at least float32: what losses, gradients and updates see."""
     return x.astype(jnp.promote_types(x.dtype, jnp.float32))
-
-
-def _normalise(x, mean, var, scale, offset, epsilon):
-    """Batch norm's affine normalisation, in x's dtype (float32 or wider)."""
-    return (x - mean) * jax.lax.rsqrt(var + epsilon) * scale + offset
 
 
 # What "auto" gives MAML++ where a config does not say (`model.mamlpp_bn_mode`): runs saved
@@ -135,7 +123,7 @@ class MLP(nn.Module):
         if self.init_stddev > 0:
             kwargs["kernel_init"] = nn.initializers.truncated_normal(self.init_stddev)
         check_part(part)
-        x = _cast(x, dtype)
+        x = cast(x, dtype)
         if part != "head":
             for width in self.hidden_sizes:
                 x = nn.relu(nn.Dense(width, **kwargs)(x))
@@ -143,210 +131,6 @@ class MLP(nn.Module):
             return _output(x)
         # Named so that ANIL can tell the head (adapted) from the body (only meta-learned).
         return _output(nn.Dense(self.out_features, name=HEAD, **kwargs)(x))
-
-
-class BatchStatNorm(nn.Module):
-    """Batch norm that always normalises with the current batch's statistics.
-
-    This is MAML's (transductive) batch norm: every call, support or query set, uses its
-    own mean and variance over (batch, height, width); only the scale and offset are
-    parameters, adapted in the inner loop like the weights. No running averages are kept,
-    so the module stays a pure function of its parameters.
-
-    Inputs narrower than float32 (bfloat16) are normalised in float32 and the result cast
-    back: a mean rounded to bfloat16's 8 significant bits is off by up to 2^-9 of itself,
-    which can be a large part of a standard deviation, and x - mean would cancel digits.
-    """
-
-    epsilon: float = 1e-5
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """Normalises (..., H, W, C) over all but the channel axis; returns x's dtype."""
-        dtype = x.dtype
-        x = x.astype(jnp.promote_types(dtype, jnp.float32))  # a no-op for float32
-        axes = tuple(range(x.ndim - 1))
-        mean = x.mean(axes)
-        var = jnp.mean(jnp.square(x - mean), axes)
-        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
-        offset = self.param("offset", nn.initializers.zeros, (x.shape[-1],))
-        return _normalise(x, mean, var, scale, offset, self.epsilon).astype(dtype)
-
-
-class StepNorm(nn.Module):
-    """Batch norm with a scale, offset and running statistics per inner step (MAML++).
-
-    `step` is the number of inner updates the parameters being evaluated have had; steps
-    past the last slot use the last one. A support set (`train=True`) is normalised with
-    its own batch statistics, which the layer sows into the STEP_STATS collection for the
-    meta-optimiser to average into the running ones; anything else (query sets,
-    predictions) is normalised with the running statistics of its step, so each image is
-    normalised independently of the others. Meta-training and meta-test do the same, so
-    the inner loop meta-learned is the one run at meta-test.
-
-    The running statistics are `params` leaves (RUNNING_STATS), not a separate flax
-    collection, so every function of the parameters (inner steps, evaluation) sees them.
-    They pass through `stop_gradient`: an inner SGD step leaves them exactly unchanged, and
-    the meta-optimiser replaces their (zero) gradient with an exponential moving average
-    (`maml_dist.state.running_average`).
-
-    Like BatchStatNorm, it normalises inputs narrower than float32 in float32 (the sown
-    statistics are float32) and returns the input's dtype.
-
-    Attributes:
-        slots: number of per-step slots (training inner steps + 1).
-        epsilon: added to the variance.
-    """
-
-    slots: int
-    epsilon: float = 1e-5
-
-    @nn.compact
-    def __call__(self, x: jax.Array, step, train: bool) -> jax.Array:
-        """Normalises (..., H, W, C) over all but the channel axis with step `step`'s slot."""
-        dtype = x.dtype
-        x = x.astype(jnp.promote_types(dtype, jnp.float32))  # a no-op for float32
-        shape = (self.slots, x.shape[-1])
-        scale = self.param("scale", nn.initializers.ones, shape)
-        offset = self.param("offset", nn.initializers.zeros, shape)
-        running_mean = self.param(RUNNING_STATS[0], nn.initializers.zeros, shape)
-        running_var = self.param(RUNNING_STATS[1], nn.initializers.ones, shape)
-        slot = jnp.minimum(step, self.slots - 1)
-        if train:
-            axes = tuple(range(x.ndim - 1))
-            mean = x.mean(axes)
-            var = jnp.mean(jnp.square(x - mean), axes)
-            self.sow(STEP_STATS, "mean", jax.lax.stop_gradient(mean))
-            self.sow(STEP_STATS, "var", jax.lax.stop_gradient(var))
-        else:
-            mean = jax.lax.stop_gradient(running_mean[slot])
-            var = jax.lax.stop_gradient(running_var[slot])
-        return _normalise(x, mean, var, scale[slot], offset[slot], self.epsilon).astype(dtype)
-
-
-class SupportNorm(nn.Module):
-    """Batch norm with a scale and offset per inner step and the support set's statistics.
-
-    MetaBN (Bronskill et al. 2020, "TaskNorm"): every set is normalised with the batch
-    statistics of the task's support set, computed at the same parameters; the support
-    set itself therefore with its own. A query image's output depends on the support set
-    and on that image only, not on the other queries, and no running averages are kept:
-    the statistics are a differentiable function of the support set, as transductive
-    batch norm's are of each set, so the meta-gradient flows through them.
-
-    The caller passes the support rows first: `context` is their number (the statistics
-    are taken over `x[:context]`), None for a batch that is all support set.
-
-    Like BatchStatNorm, it normalises inputs narrower than float32 in float32 and returns
-    the input's dtype.
-
-    Attributes:
-        slots: number of per-step slots (training inner steps + 1); steps past the last
-            slot use the last one.
-        epsilon: added to the variance.
-    """
-
-    slots: int
-    epsilon: float = 1e-5
-
-    @nn.compact
-    def __call__(self, x: jax.Array, step, context: int | None = None) -> jax.Array:
-        """Normalises (..., H, W, C) with the statistics of the first `context` rows."""
-        dtype = x.dtype
-        x = x.astype(jnp.promote_types(dtype, jnp.float32))  # a no-op for float32
-        shape = (self.slots, x.shape[-1])
-        scale = self.param("scale", nn.initializers.ones, shape)
-        offset = self.param("offset", nn.initializers.zeros, shape)
-        slot = jnp.minimum(step, self.slots - 1)
-        support = x if context is None else x[:context]
-        axes = tuple(range(x.ndim - 1))
-        mean = support.mean(axes)
-        var = jnp.mean(jnp.square(support - mean), axes)
-        return _normalise(x, mean, var, scale[slot], offset[slot], self.epsilon).astype(dtype)
-
-
-class PatchConv(nn.Module):
-    """A 3x3 "SAME" convolution computed as image patches times a matrix (im2col).
-
-    Same parameters (`kernel` HWIO, `bias`) and outputs as `nn.Conv`, but its kernel
-    gradient is a matrix product instead of a backward-filter convolution. XLA:CPU runs
-    backward-filter convolutions inside a loop body (a `lax.scan` over inner steps, tasks
-    or meta-steps) ~77x slower than outside one (measured: 3.1 s against 40 ms for ten
-    14x14x64 kernel gradients); with patches the loop costs what straight code does.
-
-    Attributes:
-        features: output channels.
-        strides: spatial stride.
-        dtype: what the patches and product are computed in (`nn.Conv`'s `dtype`): None
-            for the inputs' and parameters' dtype; the parameters stay float32.
-    """
-
-    features: int
-    strides: int = 1
-    dtype: jnp.dtype | None = None
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """(B, H, W, C) -> (B, H/stride, W/stride, features)."""
-        kernel = self.param(
-            "kernel", nn.initializers.lecun_normal(), (3, 3, x.shape[-1], self.features)
-        )
-        bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        x, kernel, bias = (_cast(a, self.dtype) for a in (x, kernel, bias))
-        # Patch features are ordered (channel, row, column).
-        matrix = kernel.transpose(2, 0, 1, 3).reshape(-1, self.features)
-        return self.patches(x) @ matrix + bias
-
-    def patches(self, x: jax.Array) -> jax.Array:
-        """(B, H, W, C) -> (B, H/stride, W/stride, 9C) 3x3 "SAME" patches."""
-        return jax.lax.conv_general_dilated_patches(
-            x,
-            (3, 3),
-            (self.strides, self.strides),
-            "SAME",
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
-
-
-def slice_patches(x: jax.Array, strides: int) -> jax.Array:
-    """The 3x3 "SAME" patches of (B, H, W, C) images, as nine strided slices.
-
-    The values and feature order (channel, row, column) of
-    `lax.conv_general_dilated_patches`, which computes them as a convolution grouped by
-    channel, a kind XLA:CPU runs slowly (and its gradient likewise); slices and their
-    gradients (pads) are memory moves.
-    """
-    _, h, w, _ = x.shape
-    out_h, out_w = -(-h // strides), -(-w // strides)
-    # "SAME" padding: the total is split with the smaller half first, as XLA does.
-    pad_h = max((out_h - 1) * strides + 3 - h, 0)
-    pad_w = max((out_w - 1) * strides + 3 - w, 0)
-    x = jnp.pad(
-        x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0))
-    )
-    taps = [
-        x[
-            :,
-            i : i + (out_h - 1) * strides + 1 : strides,
-            j : j + (out_w - 1) * strides + 1 : strides,
-        ]
-        for i in range(3)
-        for j in range(3)
-    ]
-    patches = jnp.stack(taps, axis=-1)  # (B, out_h, out_w, C, 9): channel, then row, column
-    return patches.reshape(*patches.shape[:3], -1)
-
-
-class SliceConv(PatchConv):
-    """`PatchConv` with its patches cut by `slice_patches` instead of a grouped convolution.
-
-    Same parameters, names and outputs (the gradients differ in rounding: the slices'
-    transpose adds a pixel's contributions in another order).
-    """
-
-    def patches(self, x: jax.Array) -> jax.Array:
-        """(B, H, W, C) -> (B, H/stride, W/stride, 9C) 3x3 "SAME" patches."""
-        return slice_patches(x, self.strides)
 
 
 class ConvNet(nn.Module):
@@ -416,7 +200,7 @@ class ConvNet(nn.Module):
         if part != "head":
             if x.dtype == jnp.uint8:
                 x = x.astype(jnp.float32) / 255.0
-            x = _cast(x, dtype)
+            x = cast(x, dtype)
             for i in range(self.blocks):
                 if self.conv_impl in ("im2col", "slices"):
                     # Named like nn.Conv's so every implementation shares checkpoints.

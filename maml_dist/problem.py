@@ -41,7 +41,7 @@ class Problem:
             pass; no metric besides the loss when the metric is the loss (regression).
         algorithm: the meta-learning algorithm of `config.algorithm`.
         sample_fn: `(key, data) -> TaskBatch`, one training task (config.shots /
-            num_query points) drawn on the device (`parallel.SampleFn`); None where the
+            num_query points) drawn on the device (`meta_objective.SampleFn`); None where the
             host feed draws them (`config.data_placement="host"`).
         device_episodes: for image episodes drawn on the device, what builds the `data`
             tables `sample_fn` reads (the trainer puts them on every device once); None

@@ -10,7 +10,7 @@ import ml_collections
 import optax
 from flax import struct
 
-from maml_dist import models, xla_options
+from maml_dist import models, norms, xla_options
 from maml_dist.types import RATES
 
 
@@ -81,7 +81,7 @@ def is_running_stat(path) -> bool:
     Only those under "params"; LSLR's rates for them, under "inner_lr", are learned leaves.
     """
     keys = [getattr(k, "key", None) for k in path]
-    return len(keys) > 1 and keys[0] == "params" and keys[-1] in models.RUNNING_STATS
+    return len(keys) > 1 and keys[0] == "params" and keys[-1] in norms.RUNNING_STATS
 
 
 def learned(tree):

@@ -30,20 +30,22 @@ def main() -> None:
     jax.config.update("jax_num_cpu_devices", args.cpu_devices)
     sys.path.insert(0, str(ROOT))
     from configs import sinusoid
-    from maml_dist import parallel
+    from maml_dist import meta_objective, meta_update, parallel
     from maml_dist import state as state_lib
     from maml_dist.problem import make_problem
 
     mesh = parallel.make_mesh()
     runs = {}
-    for batching, reduction in itertools.product(parallel.BATCHINGS, parallel.REDUCTIONS):
+    for batching, reduction in itertools.product(
+        meta_objective.BATCHINGS, meta_objective.REDUCTIONS
+    ):
         config = sinusoid.get_config()
         config.update({"task_batching": batching, "reduction": reduction})
         problem = make_problem(config)
         tx, _ = state_lib.make_meta_optimizer(config)
-        spec = parallel.meta_batch_spec(config, problem)
-        run = parallel.make_multi_step(
-            parallel.make_train_step(parallel.make_meta_grad_fn(spec, mesh), tx)
+        spec = meta_objective.meta_batch_spec(config, problem)
+        run = meta_update.make_multi_step(
+            meta_update.make_train_step(parallel.make_meta_grad_fn(spec, mesh), tx)
         )
         state = state_lib.init_state(
             problem.model,

@@ -33,7 +33,7 @@ def measure(name: str, inner_steps: int, reps: int, chunk: int) -> dict:
 
     sys.path.insert(0, str(ROOT))
     from configs import sinusoid
-    from maml_dist import parallel
+    from maml_dist import meta_objective, meta_update, parallel
     from maml_dist import state as state_lib
     from maml_dist.problem import make_problem
 
@@ -51,15 +51,15 @@ def measure(name: str, inner_steps: int, reps: int, chunk: int) -> dict:
         problem.algorithm,
         parallel.replicated(mesh),
     )
-    step = parallel.make_train_step(
-        parallel.make_meta_grad_fn(parallel.meta_batch_spec(config, problem), mesh), tx
+    step = meta_update.make_train_step(
+        parallel.make_meta_grad_fn(meta_objective.meta_batch_spec(config, problem), mesh), tx
     )
     t0 = time.perf_counter()
     compiled = jax.jit(step).lower(state).compile()
     compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()
 
-    run = parallel.make_multi_step(step)
+    run = meta_update.make_multi_step(step)
     state, _ = run(state, chunk)  # compile the chunked loop and warm up
     jax.block_until_ready(state)
     times = []

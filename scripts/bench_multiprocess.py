@@ -39,7 +39,7 @@ def child(args) -> None:
         )
     sys.path.insert(0, str(ROOT))
     from configs import sinusoid
-    from maml_dist import parallel
+    from maml_dist import meta_objective, meta_update, parallel
     from maml_dist import state as state_lib
     from maml_dist.problem import make_problem
 
@@ -51,10 +51,10 @@ def child(args) -> None:
     runs, compile_s = {}, {}
     for fused in (False, True):
         spec = dataclasses.replace(
-            parallel.meta_batch_spec(config, problem), fuse_collectives=fused
+            meta_objective.meta_batch_spec(config, problem), fuse_collectives=fused
         )
-        run = parallel.make_multi_step(
-            parallel.make_train_step(parallel.make_meta_grad_fn(spec, mesh), tx)
+        run = meta_update.make_multi_step(
+            meta_update.make_train_step(parallel.make_meta_grad_fn(spec, mesh), tx)
         )
         state = state_lib.init_state(
             problem.model,

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from maml_dist import algorithms, models, parallel
+from maml_dist import algorithms, meta_objective, models
 from maml_dist.types import TaskBatch
 
 
@@ -93,7 +93,7 @@ def measure(
         where not counted).
     """
     conv_impl = models.resolve_conv_impl(conv_impl)
-    batching = parallel.resolve_batching(batching)
+    batching = meta_objective.resolve_batching(batching)
     n, ways = tasks.support_y.shape[0], int(tasks.support_y.max()) + 1
     tx = optax.adam(1e-3)
     model = models.ConvNet(num_classes=ways, conv_impl=conv_impl, compute_dtype=compute_dtype)
@@ -114,7 +114,7 @@ def measure(
             g = [one(jax.tree.map(lambda a, i=i: a[i], tasks)) for i in range(n)]
             return jax.tree.map(lambda *xs: sum(xs) / n, *g)
         if batching == "vmap" and 0 < tasks_per_vmap < n:
-            g = jax.lax.map(one, tasks, batch_size=tasks_per_vmap)  # as parallel.task_terms
+            g = jax.lax.map(one, tasks, batch_size=tasks_per_vmap)  # as meta_objective.task_terms
         else:
             g = jax.vmap(one)(tasks) if batching == "vmap" else jax.lax.map(one, tasks)
         return jax.tree.map(lambda x: x.mean(0), g)
@@ -204,7 +204,7 @@ def main() -> None:
         [int(u) for u in args.inner_unrolls.split(",")],
         [int(k) for k in args.tasks_per_vmap.split(",")],
     ):
-        if per_vmap and parallel.resolve_batching(batching) != "vmap":
+        if per_vmap and meta_objective.resolve_batching(batching) != "vmap":
             continue  # groups only split vmap's batch
         r = measure(
             name,

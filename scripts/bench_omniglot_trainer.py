@@ -31,7 +31,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import bench_record
 
 from configs import omniglot
-from maml_dist import metrics, models, parallel, trainer
+from maml_dist import meta_objective, metrics, models, trainer
 
 
 def measure(
@@ -94,7 +94,7 @@ def measure(
         "steady": steady,
         "steady_tasks_per_sec": statistics.median(r["tasks_per_sec"] for r in steady),
         "conv_impl": models.resolve_conv_impl(conv_impl),
-        "task_batching": parallel.resolve_batching(task_batching),
+        "task_batching": meta_objective.resolve_batching(task_batching),
     }
 
 

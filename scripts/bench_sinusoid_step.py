@@ -6,7 +6,7 @@ process), rounds interleaved, and prints the median microseconds per meta-step o
     hand      the hand-written MAML step of `bench_sinusoid_bare.py` (plain JAX + optax)
               scanned over 500 meta-batches sampled beforehand with numpy: the step's
               compute alone
-    ahead     the trainer's program (`parallel.make_multi_step` with the chunk's tasks
+    ahead     the trainer's program (`meta_update.make_multi_step` with the chunk's tasks
               sampled ahead by `parallel.make_chunk_sampler`; the trainer compiles the
               sampling and the steps as two programs, with the same result bit for bit)
     in_step   the trainer's program sampling each step's tasks inside the step
@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import bench_sinusoid_bare as bare  # noqa: E402
 
-from maml_dist import nonfinite, parallel  # noqa: E402
+from maml_dist import meta_objective, meta_update, nonfinite, parallel  # noqa: E402
 from maml_dist import state as state_lib  # noqa: E402
 from maml_dist.problem import make_problem  # noqa: E402
 
@@ -71,11 +71,13 @@ def main() -> None:
     problem = make_problem(c)
     mesh = parallel.make_mesh(jax.devices()[:1])
     tx, _ = state_lib.make_meta_optimizer(c)
-    spec = parallel.meta_batch_spec(c, problem)
-    step = parallel.make_train_step(parallel.make_meta_grad_fn(spec, mesh), tx, nonfinite.limit(c))
+    spec = meta_objective.meta_batch_spec(c, problem)
+    step = meta_update.make_train_step(
+        parallel.make_meta_grad_fn(spec, mesh), tx, nonfinite.limit(c)
+    )
     runs = {
-        "ahead": parallel.make_multi_step(step, parallel.make_chunk_sampler(spec, mesh)),
-        "in_step": parallel.make_multi_step(step),
+        "ahead": meta_update.make_multi_step(step, parallel.make_chunk_sampler(spec, mesh)),
+        "in_step": meta_update.make_multi_step(step),
     }
     states = {
         name: state_lib.init_state(

@@ -70,7 +70,7 @@ def parts(text: str, started: float, wall_s: float) -> dict:
     if not log:
         raise ValueError("no absl log lines")
     begin = _first(log, lambda m: m == COMPILE_START, "the compile start")
-    # The meta-step's program is the trainer's jitted `run` (`parallel.make_multi_step`);
+    # The meta-step's program is the trainer's jitted `run` (`meta_update.make_multi_step`);
     # since 0.6 the validation programs compile beside it, in another thread.
     done = _first(log[begin:], _is_step_compile, "the compile end")
     done += begin

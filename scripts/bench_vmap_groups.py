@@ -25,7 +25,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import bench_omniglot_step
 
-from maml_dist import algorithms, models, parallel
+from maml_dist import algorithms, meta_objective, models, parallel
 
 
 def measure(name: str, meta_batch: int, tasks_per_vmap: int) -> dict:
@@ -38,7 +38,7 @@ def measure(name: str, meta_batch: int, tasks_per_vmap: int) -> dict:
     split = algorithms.make_head_split(model, bench_omniglot_step._xent, {})
     algorithm = algorithms.make_algorithm(name, loss_fn, inner, query_fn, split)
     params = model.init(jax.random.key(0), tasks.support_x[0])["params"]
-    spec = parallel.MetaBatch(
+    spec = meta_objective.MetaBatch(
         algorithm=algorithm,
         query_fn=query_fn,
         sample_fn=None,
@@ -61,7 +61,7 @@ def measure(name: str, meta_batch: int, tasks_per_vmap: int) -> dict:
     return {
         "algorithm": name,
         "tasks_per_vmap": tasks_per_vmap,
-        "fused": parallel.fuses_task_sum(spec, parallel.TaskLayout(meta_batch, 1)),
+        "fused": meta_objective.fuses_task_sum(spec, meta_objective.TaskLayout(meta_batch, 1)),
         "temp_bytes": compiled.memory_analysis().temp_size_in_bytes,
         "compile_s": time.perf_counter() - t0,
     }

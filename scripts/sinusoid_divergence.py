@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from maml_dist import evaluator, meta_test
+from maml_dist import meta_test, trained_run
 from maml_dist.problem import make_problem
 from maml_dist.types import TEST_STREAM
 
@@ -32,14 +32,14 @@ def main() -> None:
     parser.add_argument("--num_tasks", type=int, default=600)
     args = parser.parse_args()
 
-    config = evaluator.load_run_config(args.workdir)
+    config = trained_run.load_run_config(args.workdir)
     if config.algorithm not in ("maml", "fomaml"):
         # The path below is plain SGD at inner_lr, the meta-test adaptation of these two only.
         sys.exit(
             f"this analysis replays plain SGD steps: a maml or fomaml run, not {config.algorithm}"
         )
     problem = make_problem(config)
-    meta_params, step = evaluator.restore_params(config, args.workdir, None, problem)
+    meta_params, step = trained_run.restore_params(config, args.workdir, None, problem)
     tasks = problem.fixed_tasks(config.seed, TEST_STREAM, args.num_tasks, args.shots, 100)
     curves = meta_test.adaptation_curves(
         problem.algorithm, meta_params, tasks, args.steps, (problem.score_fn,)

@@ -18,7 +18,7 @@ from helpers import tiny_config
 import maml_dist as md
 from configs import omniglot as omniglot_configs
 from configs import sinusoid as sinusoid_configs
-from maml_dist import algorithms, checks, models, tasks
+from maml_dist import algorithms, checks, convs, models, norms, resume_checks, tasks
 from maml_dist.errors import UserInputError
 from maml_dist.types import HEAD, TaskBatch
 
@@ -148,16 +148,16 @@ def test_batch_norm_statistics_are_computed_in_float32():
     # the normalised values to bfloat16 (2^-9 relative, 1/128 absolute below 4).
     x = (1000 + 4 * jnp.arange(8.0)).reshape(2, 2, 2, 1).astype(jnp.bfloat16)
     x32 = x.astype(jnp.float32)
-    norm = models.BatchStatNorm()
+    norm = norms.BatchStatNorm()
     params = norm.init(jax.random.key(0), x32)
     got = norm.apply(params, x)
     assert got.dtype == jnp.bfloat16
     want = norm.apply(params, x32)
     np.testing.assert_allclose(got.astype(jnp.float32), want, rtol=2**-8, atol=2**-8)
-    step = models.StepNorm(slots=2)
+    step = norms.StepNorm(slots=2)
     params = step.init(jax.random.key(0), x32, 0, True)
-    got, sown = step.apply(params, x, 0, True, mutable=[models.STEP_STATS])
-    want, sown32 = step.apply(params, x32, 0, True, mutable=[models.STEP_STATS])
+    got, sown = step.apply(params, x, 0, True, mutable=[norms.STEP_STATS])
+    want, sown32 = step.apply(params, x32, 0, True, mutable=[norms.STEP_STATS])
     np.testing.assert_allclose(got.astype(jnp.float32), want, rtol=2**-8, atol=2**-8)
     # The sown statistics (averaged into the float32 running ones) are float32 and exact.
     assert _dtypes(sown) == {jnp.dtype(jnp.float32)}
@@ -225,8 +225,8 @@ class _BeforeStepNorm(nn.Module):
             axes = tuple(range(x.ndim - 1))
             mean = x.mean(axes)
             var = jnp.mean(jnp.square(x - mean), axes)
-            self.sow(models.STEP_STATS, "mean", jax.lax.stop_gradient(mean))
-            self.sow(models.STEP_STATS, "var", jax.lax.stop_gradient(var))
+            self.sow(norms.STEP_STATS, "mean", jax.lax.stop_gradient(mean))
+            self.sow(norms.STEP_STATS, "var", jax.lax.stop_gradient(var))
         else:
             mean = jax.lax.stop_gradient(running_mean[slot])
             var = jax.lax.stop_gradient(running_var[slot])
@@ -262,7 +262,7 @@ class _BeforeSliceConv(_BeforePatchConv):
         )
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         matrix = kernel.transpose(2, 0, 1, 3).reshape(-1, self.features)
-        return models.slice_patches(x, self.strides) @ matrix + bias
+        return convs.slice_patches(x, self.strides) @ matrix + bias
 
 
 class _BeforeConvNet(nn.Module):
@@ -324,7 +324,7 @@ def test_float32_is_bit_identical_to_the_network_before_compute_dtypes(conv_impl
     task = _task()
     params = _params(before)
     kwargs = {"train": True} if bn_mode == "per_step_running" else {}
-    mutable = [models.STEP_STATS] if kwargs else False
+    mutable = [norms.STEP_STATS] if kwargs else False
     want = before.apply({"params": params}, task.query_x, mutable=mutable, **kwargs)
 
     def maml_grad(model):
@@ -397,8 +397,8 @@ def test_runs_saved_before_the_field_resume_and_another_dtype_is_refused():
         saved = json.loads(config.to_json())
         del saved["model"]["compute_dtype"]
         # Today's config, and one as old as the run, continue it.
-        checks.check_resume_compatible(saved, config)
-        checks.check_resume_compatible(saved, ml_collections.ConfigDict(saved))
+        resume_checks.check_resume_compatible(saved, config)
+        resume_checks.check_resume_compatible(saved, ml_collections.ConfigDict(saved))
         config.model.compute_dtype = "bfloat16"
         with pytest.raises(UserInputError, match=r"different config \(model; "):
-            checks.check_resume_compatible(saved, config)
+            resume_checks.check_resume_compatible(saved, config)

@@ -2,7 +2,7 @@
 
 Through the command line, ml_collections keeps each field's type (an int field takes only
 ints), so the fuzzing draws values of the field's own type, every corner included: huge,
-negative, zero, NaN, infinities. Whatever comes, `trainer.check_inputs` (everything before
+negative, zero, NaN, infinities. Whatever comes, `preflight.check_inputs` (everything before
 the first compile) must either accept the config or raise `UserInputError`: never another
 exception, which would reach the user as a traceback.
 """
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from configs import omniglot as omniglot_configs
 from configs import sinusoid as sinusoid_configs
-from maml_dist import trainer
+from maml_dist import preflight
 from maml_dist.errors import UserInputError
 
 INTS = st.one_of(
@@ -74,7 +74,7 @@ def _fuzz(base, workdir, data):
         for name in chosen:
             _set(config, name, draw.draw(_strategy(fields[name]), label=name))
         try:
-            trainer.check_inputs(config, str(workdir), 1)
+            preflight.check_inputs(config, str(workdir), 1)
         except UserInputError as e:
             message = str(e)
             assert message and "\n" not in message, message

@@ -11,7 +11,7 @@ import pytest
 from helpers import ROOT, tiny_config
 from ml_collections import ConfigDict
 
-from maml_dist import checks, cpu_threads
+from maml_dist import checks, cpu_threads, resume_checks
 from maml_dist.errors import UserInputError
 
 # Starts JAX with `threads`, runs a program and prints how many pool threads XLA made.
@@ -98,7 +98,7 @@ def test_a_run_is_evaluated_with_its_own_pool(tmp_path):
 
 def test_a_run_resumes_on_another_pool():
     saved = json.loads(tiny_config(cpu_threads=1).to_json())
-    checks.check_resume_compatible(saved, tiny_config(cpu_threads=0))
-    checks.check_resume_compatible(
+    resume_checks.check_resume_compatible(saved, tiny_config(cpu_threads=0))
+    resume_checks.check_resume_compatible(
         {k: v for k, v in saved.items() if k != "cpu_threads"}, tiny_config()
     )

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from maml_dist import checks
+from maml_dist import checks, resume_checks
 from maml_dist.data.device_episodes import DeviceEpisodes
 from maml_dist.data.episodes import EpisodeSampler
 from maml_dist.errors import UserInputError
@@ -127,16 +127,16 @@ def test_a_run_resumes_only_with_the_placement_it_started_with():
 
     config = omniglot.get_config("tiny")
     saved = json.loads(config.to_json())
-    checks.check_resume_compatible(saved, config)
+    resume_checks.check_resume_compatible(saved, config)
     config.data_placement = "device"
     with pytest.raises(UserInputError, match="data_placement='host' there, 'device' now"):
-        checks.check_resume_compatible(saved, config)
+        resume_checks.check_resume_compatible(saved, config)
     # Runs saved before the field existed drew on the host.
     del saved["data_placement"]
     with pytest.raises(UserInputError, match="data_placement"):
-        checks.check_resume_compatible(saved, config)
+        resume_checks.check_resume_compatible(saved, config)
     config.data_placement = "host"
-    checks.check_resume_compatible(saved, config)
+    resume_checks.check_resume_compatible(saved, config)
 
 
 def test_an_unknown_placement_is_one_line():

@@ -44,3 +44,43 @@ def test_every_readme_section_and_trap_the_code_names_exists():
                 broken.append(f"{path.relative_to(ROOT)}: {match.group(0)} (of {num_traps})")
     assert found > 20  # the patterns still match how the code cites the README
     assert not broken, "\n".join(broken)
+
+
+def _layout_modules(readme: str) -> set[str]:
+    """The module paths (relative to maml_dist/) that README's "Layout" tree names.
+
+    A line indented two spaces starts an entry: a module, or a folder (`tasks/`) whose
+    description and deeper lines name its modules; continuation lines stay in the entry.
+    """
+    start = readme.index("## Layout\n")
+    opening = readme.index("```\n", start) + 4
+    block = readme[opening : readme.index("\n```\n", opening)]
+    lines = block.splitlines()
+    assert lines[0] == "maml_dist/"
+    listed, folder = set(), ""
+    for line in lines[1:]:
+        indent = len(line) - len(line.lstrip())
+        if indent == 0:
+            break  # configs/, scripts/, ...: past the package
+        if indent == 2:
+            first = line.split()[0].rstrip(",")
+            folder = first if first.endswith("/") else ""
+        listed.update(folder + name for name in re.findall(r"\b\w+\.py\b", line))
+    return listed
+
+
+def test_the_readme_layout_names_every_module():
+    # A module added, moved or renamed without its line in "Layout" leaves a stale map.
+    package = ROOT / "maml_dist"
+    # A sub-package's __init__.py is its folder's line (the registry); the package's own
+    # is listed with api.py.
+    modules = {
+        str(p.relative_to(package))
+        for p in package.rglob("*.py")
+        if p.parent == package or p.name != "__init__.py"
+    }
+    assert len(modules) > 40
+    listed = _layout_modules((ROOT / "README.md").read_text())
+    unlisted, stale = sorted(modules - listed), sorted(listed - modules)
+    assert not unlisted, f"README, Layout, lists none of: {unlisted}"
+    assert not stale, f"README, Layout, lists modules that do not exist: {stale}"

@@ -9,7 +9,7 @@ import pytest
 from helpers import make_omniglot_set, make_one_shot_runs, run_module, tiny_config, zip_folder
 
 from configs import omniglot as omniglot_configs
-from maml_dist import evaluator, meta_test, parallel, plotting, recorded_split, trainer
+from maml_dist import meta_test, parallel, plotting, recorded_split, trained_run, trainer
 from maml_dist.problem import make_problem
 from maml_dist.types import TEST_STREAM
 
@@ -138,7 +138,7 @@ def test_test_tasks_do_not_depend_on_the_training_seed_and_the_protocol_is_recor
     assert a["split"]["checked"] and a["split"]["checksum"] == b["split"]["checksum"]
     # The seed-3 run was scored on the test tasks of seed 0, not of its own seed.
     problem = make_problem(config)
-    params, _ = evaluator.restore_params(config, str(other), None, problem)
+    params, _ = trained_run.restore_params(config, str(other), None, problem)
     for seed, same in ((0, True), (3, False)):
         tasks = problem.fixed_tasks(seed, TEST_STREAM, 4, 1, 1)
         curves = meta_test.adaptation_curves(

@@ -18,7 +18,16 @@ from jax.flatten_util import ravel_pytree
 from test_algorithms import _central_differences, _task, _tiny_problem
 
 from configs import omniglot as omniglot_configs
-from maml_dist import algorithms, checks, models, parallel, trainer
+from maml_dist import (
+    algorithms,
+    checks,
+    meta_objective,
+    models,
+    norms,
+    parallel,
+    resume_checks,
+    trainer,
+)
 from maml_dist import state as state_lib
 from maml_dist.algorithms import maml, mamlpp
 from maml_dist.errors import UserInputError
@@ -175,8 +184,8 @@ def test_per_step_batch_norm_returns_each_steps_batch_statistics():
     grads = algorithm.task_grad(algorithm.init(params), task, 0)[0]["params"]
 
     def stats(p, x, j):
-        _, sown = model.apply({"params": p}, x, step=j, train=True, mutable=[models.STEP_STATS])
-        return sown[models.STEP_STATS]
+        _, sown = model.apply({"params": p}, x, step=j, train=True, mutable=[norms.STEP_STATS])
+        return sown[norms.STEP_STATS]
 
     # The inner steps written out: slot j holds the support set's statistics after j
     # updates, the last slot after all of them.
@@ -204,7 +213,7 @@ def test_running_statistics_average_in_training_and_classify_each_image_alone():
     updates, _ = tx.update(grads, tx.init(meta), meta)
     new = optax.apply_updates(meta, updates)
     layer, before = "StepNorm_0", meta["params"]["StepNorm_0"]
-    for name in models.RUNNING_STATS:
+    for name in norms.RUNNING_STATS:
         want = 0.75 * before[name] + 0.25 * grads["params"][layer][name]
         np.testing.assert_allclose(new["params"][layer][name], want, rtol=1e-6, atol=1e-7)
     # Adam moved the learned leaves (its first step is ~lr per element), not by the stats.
@@ -221,7 +230,7 @@ def test_running_statistics_average_in_training_and_classify_each_image_alone():
     np.testing.assert_allclose(loss, loss_fn(adapted_2, task.query_x, task.query_y, 2), rtol=1e-5)
     # Meta-test: inner steps leave the running statistics exactly as they are ...
     adapted = algorithm.adapt(new, task.support_x, task.support_y, 3)
-    for name in models.RUNNING_STATS:
+    for name in norms.RUNNING_STATS:
         np.testing.assert_array_equal(adapted[layer][name], new["params"][layer][name])
     # Evaluation scores the parameters after k steps with slot k.
     curve = algorithms.adaptation_curve(algorithm, new, task, 3, (loss_fn,))
@@ -338,7 +347,7 @@ def _every_switch_spec(bn_mode):
     _, loss_fn, query_fn, step_net, params = _conv(bn_mode, steps=3)
     inner = algorithms.InnerConfig(lr=0.1, steps=3, msl_anneal_steps=20, doa_steps=5)
     algorithm = mamlpp.make(loss_fn, inner, query_fn, step_net)
-    spec = parallel.MetaBatch(
+    spec = meta_objective.MetaBatch(
         algorithm=algorithm,
         query_fn=query_fn,
         sample_fn=_image_task,
@@ -443,19 +452,19 @@ def test_learned_lr_scale_scales_the_rates_updates_alone(bn_mode, clip):
 def test_resume_refuses_a_new_length_when_schedules_follow_it_and_accepts_older_runs():
     saved = json.loads(tiny_config(algorithm="mamlpp").to_json())
     with pytest.raises(UserInputError, match="num_steps"):
-        checks.check_resume_compatible(saved, tiny_config(algorithm="mamlpp", num_steps=400))
+        resume_checks.check_resume_compatible(saved, tiny_config(algorithm="mamlpp", num_steps=400))
     # A run written before MAML++ existed (no such fields) resumes, and may be extended,
     # with today's config or with a config file as old as the run.
     old = json.loads(tiny_config().to_json())
     for field in ("meta_lr_schedule", "meta_lr_min", "mamlpp", "learned_lr_scale"):
         del old[field]
-    checks.check_resume_compatible(old, tiny_config(num_steps=400))
-    checks.check_resume_compatible(old, ml_collections.ConfigDict(old))
+    resume_checks.check_resume_compatible(old, tiny_config(num_steps=400))
+    resume_checks.check_resume_compatible(old, ml_collections.ConfigDict(old))
     conv = json.loads(omniglot_configs.get_config("tiny").to_json())
     old_conv = {k: v for k, v in conv.items() if k not in ("bn_momentum", "mamlpp")}
     old_conv["model"] = {k: v for k, v in conv["model"].items() if k != "bn_mode"}
-    checks.check_resume_compatible(old_conv, omniglot_configs.get_config("tiny"))
-    checks.check_resume_compatible(old_conv, ml_collections.ConfigDict(old_conv))
+    resume_checks.check_resume_compatible(old_conv, omniglot_configs.get_config("tiny"))
+    resume_checks.check_resume_compatible(old_conv, ml_collections.ConfigDict(old_conv))
     # A MAML++ run saved before 0.5 has no mamlpp_bn_mode: its "auto" stays running
     # statistics, and it resumes under today's config once that is said.
     new = omniglot_configs.get_config("tiny")
@@ -465,9 +474,9 @@ def test_resume_refuses_a_new_length_when_schedules_follow_it_and_accepts_older_
     assert state_lib.resolve_bn_mode(ml_collections.ConfigDict(old_pp)) == "per_step_running"
     assert state_lib.resolve_bn_mode(new) == "per_step_support"
     with pytest.raises(UserInputError, match="mamlpp_bn_mode"):
-        checks.check_resume_compatible(old_pp, new)
+        resume_checks.check_resume_compatible(old_pp, new)
     new.model.mamlpp_bn_mode = "per_step_running"
-    checks.check_resume_compatible(old_pp, new)
+    resume_checks.check_resume_compatible(old_pp, new)
 
 
 @pytest.fixture(scope="module")

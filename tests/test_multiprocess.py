@@ -18,7 +18,7 @@ import pytest
 from helpers import make_omniglot_set, tiny_config
 
 from configs import omniglot as omniglot_configs
-from maml_dist import evaluator, trainer
+from maml_dist import evaluator, trained_run, trainer
 from maml_dist.metrics import read_jsonl
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -62,8 +62,8 @@ def _losses(workdir):
 
 
 def _params(workdir, step):
-    config = evaluator.load_run_config(workdir)
-    params, _ = evaluator.restore_params(config, workdir, step)
+    config = trained_run.load_run_config(workdir)
+    params, _ = trained_run.restore_params(config, workdir, step)
     return jax.device_get(params)
 
 

@@ -12,7 +12,7 @@ import pytest
 from helpers import ROOT, run_module, tiny_config
 from test_trainer import _read_events
 
-from maml_dist import nonfinite, parallel, trainer
+from maml_dist import meta_update, nonfinite, parallel, trainer
 from maml_dist.metrics import read_jsonl
 from maml_dist.state import TrainState
 
@@ -39,7 +39,7 @@ def _fake_grads(values):
 def _run(values, limit, size=3):
     """Each state after each step of the guarded train step (one jitted step at a time)."""
     tx = optax.adam(0.1)
-    step = jax.jit(parallel.make_train_step(_fake_grads(values), tx, limit))
+    step = jax.jit(meta_update.make_train_step(_fake_grads(values), tx, limit))
     states, metrics = [_state(tx, size)], []
     for _ in values:
         state, m = step(states[-1])
@@ -101,7 +101,7 @@ def test_a_non_finite_loss_alone_is_skipped():
         grads = jax.tree.map(jnp.ones_like, meta_params)
         return grads, {"meta_loss": jnp.where(step == 0, jnp.inf, 1.0)}
 
-    state, m = jax.jit(parallel.make_train_step(meta_grad_fn, tx, 5))(_state(tx))
+    state, m = jax.jit(meta_update.make_train_step(meta_grad_fn, tx, 5))(_state(tx))
     assert int(m["skipped_steps"]) == 1 and _same(state.meta_params, _state(tx).meta_params)
 
 

@@ -13,7 +13,7 @@ import pytest
 from helpers import make_omniglot_set, zip_folder
 
 from configs import omniglot as omniglot_configs
-from maml_dist import algorithms, models, tasks
+from maml_dist import algorithms, convs, models, tasks
 from maml_dist.checks import UserInputError
 from maml_dist.data import episodes, omniglot, splits
 from maml_dist.types import TaskBatch
@@ -341,4 +341,4 @@ def test_slice_patches_are_the_grouped_convolutions_patches_exactly(shape, strid
     expected = jax.lax.conv_general_dilated_patches(
         x, (3, 3), (strides, strides), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
-    np.testing.assert_array_equal(models.slice_patches(x, strides), expected)
+    np.testing.assert_array_equal(convs.slice_patches(x, strides), expected)

@@ -12,7 +12,7 @@ from helpers import tiny_config
 from jax.flatten_util import ravel_pytree
 from jax.sharding import PartitionSpec as P
 
-from maml_dist import parallel
+from maml_dist import meta_objective, meta_update, parallel
 from maml_dist import state as state_lib
 from maml_dist.problem import make_problem
 from maml_dist.types import TRAIN_STREAM, stream_key, task_key
@@ -35,7 +35,7 @@ def _spec(meta_batch_size, **overrides):
     config = tiny_config(meta_batch_size=meta_batch_size, **overrides)
     problem = make_problem(config)
     params = problem.model.init(jax.random.key(0), problem.family.example_input())["params"]
-    return parallel.meta_batch_spec(config, problem), problem.algorithm.init(params)
+    return meta_objective.meta_batch_spec(config, problem), problem.algorithm.init(params)
 
 
 _reference_grads = jax.jit(parallel.reference_meta_grads, static_argnums=0)
@@ -116,7 +116,7 @@ def test_padded_task_with_nan_loss_does_not_poison_the_sum():
         {"params": jnp.array([[1.0, 2.0], [jnp.nan, jnp.inf]])},
         {"meta_loss": jnp.array([3.0, jnp.nan])},
     )
-    rows, unravel = parallel.weighted_rows(terms, jnp.array([1.0, 0.0]))
+    rows, unravel = meta_objective.weighted_rows(terms, jnp.array([1.0, 0.0]))
     grads, metrics = unravel(rows.sum(0))
     np.testing.assert_array_equal(grads["params"], [1.0, 2.0])
     assert float(metrics["meta_loss"]) == 3.0
@@ -159,10 +159,10 @@ def test_jax_still_sums_grads_of_replicated_params_without_pcast():
 
 
 def test_layout():
-    assert parallel.TaskLayout(25, 8).per_device == 4
-    assert parallel.TaskLayout(25, 8).padded_size == 32
-    assert parallel.TaskLayout(24, 8).padded_size == 24
-    weights = parallel.task_weights(jnp.arange(32), 25)
+    assert meta_objective.TaskLayout(25, 8).per_device == 4
+    assert meta_objective.TaskLayout(25, 8).padded_size == 32
+    assert meta_objective.TaskLayout(24, 8).padded_size == 24
+    weights = meta_objective.task_weights(jnp.arange(32), 25)
     assert float(weights.sum()) == pytest.approx(1.0)
     assert float(weights[25:].sum()) == 0.0
 
@@ -178,7 +178,7 @@ def _host_tasks(spec, n):
 @pytest.mark.parametrize("batching", ["vmap", "loop", "unroll"])
 def test_host_sampled_tasks_sharded_equal_reference(num_devices, batching):
     spec, params = _spec(25, pad_meta_batch=True, task_batching=batching)
-    layout = parallel.TaskLayout(25, num_devices)
+    layout = meta_objective.TaskLayout(25, num_devices)
     tasks = _host_tasks(spec, layout.padded_size)  # padded rows get weight 0
     host_spec = dataclasses.replace(spec, sample_fn=None)
     reference = jax.jit(lambda p, t: parallel.reference_meta_grads(host_spec, p, STEP, t))(
@@ -207,8 +207,8 @@ def test_multi_step_over_host_batches_equals_device_sampling():
             problem.model, problem.family.example_input(), tx, 0, problem.algorithm, rep
         )
 
-    device = parallel.make_multi_step(
-        parallel.make_train_step(parallel.make_meta_grad_fn(spec, mesh), tx)
+    device = meta_update.make_multi_step(
+        meta_update.make_train_step(parallel.make_meta_grad_fn(spec, mesh), tx)
     )
     _, device_metrics = device(fresh(), 3)
     host_spec = dataclasses.replace(spec, sample_fn=None)
@@ -219,8 +219,8 @@ def test_multi_step_over_host_batches_equals_device_sampling():
     batches = jax.device_put(
         jax.device_get(batches), jax.sharding.NamedSharding(mesh, P(None, "tasks"))
     )
-    host = parallel.make_multi_step_over(
-        parallel.make_train_step(parallel.make_meta_grad_fn(host_spec, mesh), tx)
+    host = meta_update.make_multi_step_over(
+        meta_update.make_train_step(parallel.make_meta_grad_fn(host_spec, mesh), tx)
     )
     _, host_metrics = host(fresh(), batches)
     chex.assert_trees_all_close(host_metrics, device_metrics, rtol=1e-5, atol=1e-6)
@@ -228,8 +228,8 @@ def test_multi_step_over_host_batches_equals_device_sampling():
 
 def test_the_meta_batch_loss_is_differentiated_once_where_the_algorithm_allows():
     spec, _ = _spec(24)
-    layout = parallel.TaskLayout(24, 8)
-    assert parallel.fuses_task_sum(spec, layout)  # MAML, vmap, sum: one gradient of the sum
+    layout = meta_objective.TaskLayout(24, 8)
+    assert meta_objective.fuses_task_sum(spec, layout)  # MAML, vmap, sum: one gradient of the sum
     for change in (
         {"batching": "loop"},
         {"reduction": "ordered"},
@@ -237,15 +237,15 @@ def test_the_meta_batch_loss_is_differentiated_once_where_the_algorithm_allows()
         {"algorithm": spec.algorithm._replace(meta_loss=None)},  # iMAML, Reptile
         {"tasks_per_vmap": 5},  # groups of 5, 5 and 2 for a device's 12 tasks (2 devices)
     ):
-        assert not parallel.fuses_task_sum(
-            dataclasses.replace(spec, **change), parallel.TaskLayout(24, 2)
+        assert not meta_objective.fuses_task_sum(
+            dataclasses.replace(spec, **change), meta_objective.TaskLayout(24, 2)
         )
     # Groups of 4 of those 12: one gradient of each group's sum.
-    assert parallel.fuses_task_sum(
-        dataclasses.replace(spec, tasks_per_vmap=4), parallel.TaskLayout(24, 2)
+    assert meta_objective.fuses_task_sum(
+        dataclasses.replace(spec, tasks_per_vmap=4), meta_objective.TaskLayout(24, 2)
     )
     # Padding: a padded task's backward pass would still run in one gradient of the sum.
-    assert not parallel.fuses_task_sum(spec, parallel.TaskLayout(24, 5))
+    assert not meta_objective.fuses_task_sum(spec, meta_objective.TaskLayout(24, 5))
 
 
 @pytest.mark.parametrize("num_devices", [1, 2, 4, 8])
@@ -257,10 +257,10 @@ def test_vmap_groups_equal_the_reference(num_devices):
         spec, params = _spec(24, inner_steps=2, algorithm=algorithm, tasks_per_vmap=3)
         assert spec.tasks_per_vmap == 3  # from the config
         reference = _reference(spec, params)
-        layout = parallel.TaskLayout(24, num_devices)
+        layout = meta_objective.TaskLayout(24, num_devices)
         for size in (3, 5):
             grouped = dataclasses.replace(spec, tasks_per_vmap=size)
-            fused = parallel.fuses_task_sum(grouped, layout)
+            fused = meta_objective.fuses_task_sum(grouped, layout)
             whole = size >= layout.per_device or layout.per_device % size == 0
             assert fused == (algorithm == "maml" and whole)
             chex.assert_trees_all_close(
@@ -312,7 +312,7 @@ def test_a_diverged_padded_task_reaches_neither_gradient_nor_metrics():
     chex.assert_trees_all_close(result, reference, rtol=RTOL, atol=ATOL)
     # One gradient of the sum over these tasks would not be finite: why padding rules it out.
     grads, _ = jax.jit(
-        lambda p, t: parallel.weighted_task_sum(host_spec, p, STEP, jnp.arange(32), t)
+        lambda p, t: meta_objective.weighted_task_sum(host_spec, p, STEP, jnp.arange(32), t)
     )(params, tasks)
     assert not all(np.isfinite(x).all() for x in jax.tree.leaves(grads))
 
@@ -321,7 +321,7 @@ def test_a_diverged_padded_task_reaches_neither_gradient_nor_metrics():
 def test_a_chunk_sampled_ahead_holds_the_tasks_each_step_would_draw(num_devices):
     spec, _ = _spec(10)  # padded to 12 on 4 devices
     mesh = parallel.make_mesh(jax.devices()[:num_devices])
-    layout = parallel.TaskLayout(10, num_devices)
+    layout = meta_objective.TaskLayout(10, num_devices)
     steps = jnp.arange(3) + STEP
     ahead = jax.jit(parallel.make_chunk_sampler(spec, mesh))(steps, None)
     root = stream_key(spec.seed, TRAIN_STREAM)
@@ -340,11 +340,11 @@ def test_a_chunk_sampled_ahead_holds_the_tasks_each_step_would_draw(num_devices)
     problem = make_problem(config)
     tx, _ = state_lib.make_meta_optimizer(config)
     rep = parallel.replicated(mesh)
-    step = parallel.make_train_step(parallel.make_meta_grad_fn(spec, mesh), tx)
+    step = meta_update.make_train_step(parallel.make_meta_grad_fn(spec, mesh), tx)
     results = []
     for sampler in (None, parallel.make_chunk_sampler(spec, mesh)):
         state = state_lib.init_state(
             problem.model, problem.family.example_input(), tx, 0, problem.algorithm, rep
         )
-        results.append(parallel.make_multi_step(step, sampler)(state, 3))
+        results.append(meta_update.make_multi_step(step, sampler)(state, 3))
     chex.assert_trees_all_close(*results, rtol=RTOL, atol=ATOL)

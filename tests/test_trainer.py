@@ -11,7 +11,17 @@ import pytest
 from helpers import tiny_config
 from tensorboardX.proto import event_pb2
 
-from maml_dist import checks, nonfinite, parallel, plotting, trainer
+from maml_dist import (
+    device_run,
+    meta_objective,
+    meta_update,
+    nonfinite,
+    parallel,
+    plotting,
+    preflight,
+    resume_checks,
+    trainer,
+)
 from maml_dist import state as state_lib
 from maml_dist.errors import UserInputError
 from maml_dist.metrics import read_jsonl
@@ -204,18 +214,18 @@ def test_resume_is_bit_identical_with_learned_learning_rates(tmp_path):
 
 
 def _device_run():
-    """The tiny config's `_DeviceRun` on one device, a maker of its initial state, and parts."""
+    """The tiny config's `DeviceRun` on one device, a maker of its initial state, and parts."""
     config = tiny_config()
     problem = make_problem(config)
     mesh = parallel.make_mesh(jax.devices()[:1])
     tx, _ = state_lib.make_meta_optimizer(config)
-    spec = parallel.meta_batch_spec(config, problem)
-    step = parallel.make_train_step(
+    spec = meta_objective.meta_batch_spec(config, problem)
+    step = meta_update.make_train_step(
         parallel.make_meta_grad_fn(spec, mesh), tx, nonfinite.limit(config)
     )
     init = (problem.model, problem.family.example_input(), tx, config.seed, problem.algorithm)
     replicated = parallel.replicated(mesh)
-    ahead = trainer._DeviceRun(
+    ahead = device_run.DeviceRun(
         config, problem, spec, mesh, step, state_lib.abstract_state(*init, replicated)
     )
 
@@ -226,7 +236,7 @@ def _device_run():
 
 
 def test_chunk_program_compiled_ahead_equals_the_jitted_one():
-    # `_DeviceRun` compiles its usual chunk length ahead from the state's shapes,
+    # `device_run.DeviceRun` compiles its usual chunk length ahead from the state's shapes,
     # sampling and steps as two programs; they must train as `make_multi_step`'s one
     # program does, bit for bit, at that length and at another.
     ahead, new_state, (config, problem, spec, mesh, step) = _device_run()
@@ -236,7 +246,9 @@ def test_chunk_program_compiled_ahead_equals_the_jitted_one():
     ahead.compile_sampler()
     assert ahead.shorter.done() and ahead.shorter.exception() is None
     ahead.compile_sampler()
-    jitted = parallel.make_multi_step(step, trainer._chunk_sampler(config, problem, spec, mesh))
+    jitted = meta_update.make_multi_step(
+        step, device_run.chunk_sampler(config, problem, spec, mesh)
+    )
     a, b = new_state(), new_state()
     for n in (ahead.length, 3):  # the precompiled length, then one it compiles on use
         a, metrics_a = ahead(a, n)
@@ -247,13 +259,13 @@ def test_chunk_program_compiled_ahead_equals_the_jitted_one():
 
 def test_the_validation_starts_after_the_sampler_is_compiled(tmp_path, monkeypatch):
     # The validation's thread waits on `shorter`, which only `compile_sampler` resolves.
-    start, seen = trainer._start_monitor, []
+    start, seen = trainer.start_monitor, []
 
     def checked(config, problem, replicated, meta_params, after):
         seen.append(after is not None and after.done())
         return start(config, problem, replicated, meta_params, after)
 
-    monkeypatch.setattr(trainer, "_start_monitor", checked)
+    monkeypatch.setattr(trainer, "start_monitor", checked)
     trainer.train_and_evaluate(tiny_config(num_steps=20), str(tmp_path))
     assert seen == [True]
 
@@ -276,20 +288,20 @@ def test_vmap_groups_where_auto_runs_tasks_one_at_a_time_are_named(tmp_path, cap
     # On CPU "auto" is a loop: a config written for accelerators still runs, and says so.
     config = tiny_config(task_batching="auto", tasks_per_vmap=3)
     with caplog.at_level("WARNING"):
-        trainer.check_inputs(config, str(tmp_path), 2)
+        preflight.check_inputs(config, str(tmp_path), 2)
     assert "config.tasks_per_vmap=3 has no effect on cpu" in caplog.text
     # Under vmap the same groups must divide a device's 8 tasks.
     config.task_batching = "vmap"
     with pytest.raises(UserInputError, match="does not divide the 8 tasks each device runs"):
-        trainer.check_inputs(config, str(tmp_path), 2)
+        preflight.check_inputs(config, str(tmp_path), 2)
 
 
 def test_a_run_resumes_with_other_vmap_groups():
     # Groups change memory and rounding, as another device count does, not the training.
     saved = json.loads(tiny_config(tasks_per_vmap=0).to_json())
-    checks.check_resume_compatible(saved, tiny_config(tasks_per_vmap=4))
+    resume_checks.check_resume_compatible(saved, tiny_config(tasks_per_vmap=4))
     # A run saved before the field existed.
     older = {k: v for k, v in saved.items() if k != "tasks_per_vmap"}
-    checks.check_resume_compatible(older, tiny_config(tasks_per_vmap=2))
+    resume_checks.check_resume_compatible(older, tiny_config(tasks_per_vmap=2))
     with pytest.raises(UserInputError, match="different config"):
-        checks.check_resume_compatible(saved, tiny_config(tasks_per_vmap=4, inner_lr=0.5))
+        resume_checks.check_resume_compatible(saved, tiny_config(tasks_per_vmap=4, inner_lr=0.5))

@@ -6,7 +6,7 @@ from helpers import tiny_config
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from maml_dist import meta_test, parallel, xla_options
+from maml_dist import meta_objective, meta_test, meta_update, parallel, xla_options
 from maml_dist import state as state_lib
 from maml_dist.problem import make_problem
 
@@ -22,8 +22,8 @@ def test_trainer_and_validation_programs_compile_with_the_options(monkeypatch):
     problem = make_problem(config)
     mesh = parallel.make_mesh(jax.devices()[:1])
     tx, _ = state_lib.make_meta_optimizer(config)
-    spec = parallel.meta_batch_spec(config, problem)
-    step = parallel.make_train_step(parallel.make_meta_grad_fn(spec, mesh), tx)
+    spec = meta_objective.meta_batch_spec(config, problem)
+    step = meta_update.make_train_step(parallel.make_meta_grad_fn(spec, mesh), tx)
     init = (
         problem.model,
         problem.family.example_input(),
@@ -43,7 +43,7 @@ def test_trainer_and_validation_programs_compile_with_the_options(monkeypatch):
         state_lib.init_state(*init)
     with unknown:
         meta_test.sample_tasks(problem.family, 0, 1, 4, config.shots, config.num_query)
-    run = parallel.make_multi_step(step, parallel.make_chunk_sampler(spec, mesh))
+    run = meta_update.make_multi_step(step, parallel.make_chunk_sampler(spec, mesh))
     with unknown:
         run.lower(state, 2).compile()
     curves = meta_test._curves_fn(problem.algorithm, 2, (problem.loss_fn,), mesh, "vmap")

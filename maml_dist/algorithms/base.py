@@ -36,7 +36,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from maml_dist.models import PER_STEP_BN_MODES, STEP_STATS
+from maml_dist.models import PER_STEP_BN_MODES
+from maml_dist.norms import STEP_STATS
 from maml_dist.types import HEAD, HeadSplit, LossFn, MetaParams, Params, QueryFn, TaskBatch
 
 TaskGrad = tuple[MetaParams, tuple[jax.Array, dict[str, jax.Array]]]

@@ -47,7 +47,7 @@ from maml_dist.algorithms.base import (
     make_adapt,
 )
 from maml_dist.errors import UserInputError
-from maml_dist.models import RUNNING_STATS
+from maml_dist.norms import RUNNING_STATS
 from maml_dist.types import RATES, LossFn, QueryFn, TaskBatch
 
 # The paper code's floor on the weight of each query loss but the last, times the steps.
