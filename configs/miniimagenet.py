@@ -78,8 +78,8 @@ def paper_settings(shots: int) -> ml_collections.ConfigDict:
     c.meta_lr_min = 1e-5
     c.grad_clip_norm = 0.0
     # The meta-optimiser's step on learned inner rates (metasgd; mamlpp with lslr), as a
-    # fraction of its step on the weights; 1: the same (the papers'). README, "MAML++ with
-    # five inner steps": 0.1 lets MAML++ train five steps on the sinusoid.
+    # fraction of its step on the weights; 1: the same (the papers'). docs/algorithms.md,
+    # "MAML++ with five inner steps": 0.1 lets MAML++ train five steps on the sinusoid.
     c.learned_lr_scale = 1.0
     # A meta-step whose meta-loss, meta-gradient or update is inf or NaN is never applied
     # (README, "Non-finite values"): "stop" ends the run at the first one (exit status 1);

@@ -84,8 +84,8 @@ def get_config(variant: str | None = "5w1s") -> ml_collections.ConfigDict:
     c.first_order = False
     c.remat_inner = False
     # Inner loops of up to this many steps are traced unrolled, not as a lax.scan: the same
-    # speed at one step, 21% slower at five for this conv net on CPU (README, "The trainer
-    # against a hand-written loop").
+    # speed at one step, 21% slower at five for this conv net on CPU (docs/benchmarks.md,
+    # "The trainer against a hand-written loop").
     c.inner_unroll = 1
     c.imaml_lambda = 2.0  # iMAML: proximal strength lambda (Rajeswaran et al.: 2 on Omniglot)
     c.cg_steps = 5  # iMAML: conjugate-gradient iterations per task
@@ -114,8 +114,8 @@ def get_config(variant: str | None = "5w1s") -> ml_collections.ConfigDict:
     c.meta_lr_min = 1e-5
     c.grad_clip_norm = 0.0
     # The meta-optimiser's step on learned inner rates (metasgd; mamlpp with lslr), as a
-    # fraction of its step on the weights; 1: the same (the papers'). README, "MAML++ with
-    # five inner steps": 0.1 lets MAML++ train five steps on the sinusoid.
+    # fraction of its step on the weights; 1: the same (the papers'). docs/algorithms.md,
+    # "MAML++ with five inner steps": 0.1 lets MAML++ train five steps on the sinusoid.
     c.learned_lr_scale = 1.0
     # A meta-step whose meta-loss, meta-gradient or update is inf or NaN is never applied
     # (README, "Non-finite values"): "stop" ends the run at the first one (exit status 1);

@@ -8,7 +8,7 @@ Train and meta-test (one CPU device):
     python -m maml_dist.train --config=configs/sinusoid.py --workdir=runs/sinusoid
     python -m maml_dist.evaluate --workdir=runs/sinusoid
 
-Measured on a 2-core CPU, one device, version 0.8 (README, "The trainer against a
+Measured on a 2-core CPU, one device, version 0.8 (docs/benchmarks.md, "The trainer against a
 hand-written loop"): 16.3 to 16.6 s for the whole training process; over 600 meta-test
 tasks, K=10 query MSE 0.318 ± 0.031 after 1 inner step and 0.095 ± 0.011 after 10 (seed
 0; seeds 1 and 2: 0.327/0.145 and 0.366/0.098).
@@ -22,7 +22,7 @@ Variants are overrides, not copies:
     --config.pad_meta_batch=True     run meta-batch 25 on 2, 4 or 8 devices (masked padding)
     --config.algorithm=mamlpp --config.inner_steps=5 --config.learned_lr_scale=0.1
                                      MAML++ with five inner steps (at scale 1 it diverges;
-                                     README, "MAML++ with five inner steps")
+                                     docs/algorithms.md, "MAML++ with five inner steps")
 
 `configs/sinusoid.py:tiny` is a seconds-long variant for tests and smoke runs.
 """
@@ -51,7 +51,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.first_order = False
     c.remat_inner = False
     # Inner loops of up to this many steps are traced unrolled, not as a lax.scan: the
-    # meta-step ran 19% faster on CPU at 1 and at 5 inner steps (README, "The trainer
+    # meta-step ran 19% faster on CPU at 1 and at 5 inner steps (docs/benchmarks.md, "The trainer
     # against a hand-written loop"); the compile grows with the steps.
     c.inner_unroll = 5
     c.imaml_lambda = 2.0  # iMAML: proximal strength lambda (Rajeswaran et al.: 2 on Omniglot)
@@ -86,8 +86,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.meta_lr_min = 1e-5
     c.grad_clip_norm = 0.0  # 0 disables global-norm clipping.
     # The meta-optimiser's step on learned inner rates (metasgd; mamlpp with lslr), as a
-    # fraction of its step on the weights; 1: the same (the papers'). README, "MAML++ with
-    # five inner steps": 0.1 lets MAML++ train five steps on the sinusoid.
+    # fraction of its step on the weights; 1: the same (the papers'). docs/algorithms.md,
+    # "MAML++ with five inner steps": 0.1 lets MAML++ train five steps on the sinusoid.
     c.learned_lr_scale = 1.0
     # A meta-step whose meta-loss, meta-gradient or update is inf or NaN is never applied
     # (README, "Non-finite values"): "stop" ends the run at the first one (exit status 1);

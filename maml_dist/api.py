@@ -52,8 +52,8 @@ class MetaConfig:
             them leaves a smaller last one (one more compiled shape, and a gradient per
             task instead of one per group).
         learned_lr_scale: the meta-optimiser's updates of learned inner rates (Meta-SGD's;
-            MAML++'s with `inner.lslr`) times this, after `tx` (README, "MAML++ with five
-            inner steps"); 1 leaves them as the weights'.
+            MAML++'s with `inner.lslr`) times this, after `tx` (docs/algorithms.md, "MAML++
+            with five inner steps"); 1 leaves them as the weights'.
     """
 
     algorithm: str = "maml"

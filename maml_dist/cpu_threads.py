@@ -4,7 +4,7 @@ XLA runs a CPU program's operations on a pool of one thread per core, several at
 when they do not depend on each other. For a small model the hand-offs cost more than
 they give: the sinusoid paper step (meta-batch 25, MLP 1-40-40-1) ran 172-175 us per
 meta-step on one thread and 191-192 us on two of this 2-core machine, and the other core
-is left to compiles, validations and checkpoints (README, "The trainer against a
+is left to compiles, validations and checkpoints (docs/benchmarks.md, "The trainer against a
 hand-written loop", version 0.8). A convolutional net needs the cores: the Omniglot
 5-way 1-shot trainer ran 41 tasks/s on one thread, 58 on two. Hence a config field, 1 in
 configs/sinusoid.py and 0 (XLA's default, one thread per core) elsewhere.

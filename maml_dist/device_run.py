@@ -27,7 +27,7 @@ class DeviceRun:
     in 1.65 s), which the caller compiles after the state (`compile_sampler`): two
     compiles at a time on two cores, not three with the state's initialisation. The
     sinusoid paper run's first chunk ended 0.2 to 0.6 s sooner (four pairs of runs;
-    README, "The trainer against a hand-written loop", version 0.8). Other lengths
+    docs/benchmarks.md, "The trainer against a hand-written loop", version 0.8). Other lengths
     compile on first use. (A resumed run whose first chunk has another length compiles
     the sampler before it too: ~0.5 s once, for the chunks after it.)
 

@@ -217,8 +217,8 @@ def fuses_task_sum(spec: MetaBatch, layout: TaskLayout) -> bool:
 
     Per-task gradients of shared weights are batched matrix products, one per task, and
     then a sum; one gradient of the sum leaves XLA free to contract over the tasks inside
-    the backward products (README, "The trainer against a hand-written loop", has what it
-    saves). Padding rules it out: a padded task's loss is masked out of the sum, but its
+    the backward products (docs/benchmarks.md, "The trainer against a hand-written loop",
+    has what it saves). Padding rules it out: a padded task's loss is masked out of the sum, but its
     backward pass still runs with a zero cotangent, and 0 * inf from a diverged padded
     task would be NaN in the shared gradient; per-task gradients mask the padded rows
     after differentiation.

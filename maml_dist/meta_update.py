@@ -63,7 +63,7 @@ def _rate_range(meta_params, measure) -> dict[str, jax.Array]:
     """The least and greatest learned inner rate (Meta-SGD's; MAML++'s), if any.
 
     Rates that wander far from the inner learning rate, or below zero, are what the
-    README's "MAML++ with five inner steps" saw before a run diverged; these let a user
+    docs/algorithms.md's "MAML++ with five inner steps" saw before a run diverged; these let a user
     watch them in TensorBoard (`train/inner_lr_min`, `train/inner_lr_max`).
     """
     if not isinstance(meta_params, dict) or RATES not in meta_params:

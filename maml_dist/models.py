@@ -71,7 +71,7 @@ def resolve_bn_mode(name: str, algorithm: str, mamlpp_bn_mode: str = OLD_MAMLPP_
 
     "auto" is `mamlpp_bn_mode` for "mamlpp" (the configs' is "per_step_support" since 0.5:
     queries normalised with the support set's statistics, which trained better than
-    running statistics in every measurement; README, "MAML++ ablation") and
+    running statistics in every measurement; docs/algorithms.md, "MAML++ ablation") and
     "transductive" (MAML's) for every other algorithm.
     """
     if name != "auto":
@@ -129,7 +129,7 @@ class MLP(nn.Module):
                 x = nn.relu(nn.Dense(width, **kwargs)(x))
         if part == "body":
             return _output(x)
-        # Named so that ANIL can tell the head (adapted) from the body (only meta-learned).
+        # Named so that ANIL and BOIL can tell the head from the body.
         return _output(nn.Dense(self.out_features, name=HEAD, **kwargs)(x))
 
 

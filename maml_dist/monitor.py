@@ -139,7 +139,7 @@ def start_monitor(config, problem, replicated, meta_params, after) -> Future:
     """The run's `Monitor`, as a future; in one process, built in a thread.
 
     Building it samples the fixed validation tasks, and its first use compiles the
-    validation programs: about 1.5 s of the sinusoid paper run (README, "The trainer
+    validation programs: about 1.5 s of the sinusoid paper run (docs/benchmarks.md, "The trainer
     against a hand-written loop") that a thread does once `after` (the sampler's
     compile, or the only one) is done, beside the steps' compile and the first chunks:
     begun beside all of them, on two cores, it made the meta-step's compile, the run's

@@ -124,7 +124,7 @@ def make_chunk_sampler(spec: MetaBatch, mesh: jax.sharding.Mesh) -> Callable:
     training stream, the step, the global task index), stacked `(len(steps), padded
     meta-batch, ...)` and split over the devices on axis 1, each device drawing its own.
     Sampling a whole chunk in one batched program costs a fraction of sampling inside every
-    step, where each of the sampler's small PRNG kernels runs once per step (README,
+    step, where each of the sampler's small PRNG kernels runs once per step (docs/benchmarks.md,
     "The trainer against a hand-written loop").
     """
     layout = TaskLayout(spec.meta_batch_size, mesh.shape[AXIS])

@@ -128,7 +128,7 @@ def scale_learned_rates(tx: optax.GradientTransformation, scale: float):
     Adam moves each meta-parameter by about its learning rate per step, whatever the
     gradient's size: at a meta learning rate of 1e-3 an inner rate that starts at 0.01
     moves by a tenth of itself per meta-step, where the weights move by a thousandth of
-    theirs (README, "MAML++ with five inner steps"). `scale` sets the rates' step apart.
+    theirs (docs/algorithms.md, "MAML++ with five inner steps"). `scale` sets the rates' step apart.
 
     Args:
         tx: the meta-optimiser.

@@ -31,7 +31,7 @@ QueryFn = Callable[[Params, jax.Array, jax.Array], tuple[jax.Array, dict[str, ja
 as for LossFn)."""
 
 HEAD = "head"
-"""The name of every network's last layer: the part ANIL adapts."""
+"""The name of every network's last layer: the part ANIL adapts and BOIL keeps."""
 
 RATES = "inner_lr"
 """The key of `meta_params` under which Meta-SGD and MAML++ (LSLR) keep learned inner rates."""

@@ -3,7 +3,7 @@
 XLA compiles CPU programs with LLVM at -O3. At -O2 the sinusoid paper run's scanned
 meta-step compiled in 1.32 s instead of 1.75 s and ran 189 instead of 204 us per step;
 the Omniglot 5-way 1-shot conv step compiled in 3.8 s instead of 5.0 s at the same speed
-(71.3 and 70.2/72.3 tasks/s). README, "The trainer against a hand-written loop", has the
+(71.3 and 70.2/72.3 tasks/s). docs/benchmarks.md, "The trainer against a hand-written loop", has the
 commands. Accelerators keep XLA's defaults: nothing there was measured.
 """
 

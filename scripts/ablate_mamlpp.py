@@ -158,7 +158,7 @@ def _percent(mean, ci) -> str:
 
 
 def print_table(rows: list[dict]) -> None:
-    """The README table: held-out metric after 1, the training count and the last step."""
+    """docs/algorithms.md's table: held-out metric after 1, the trained and the last step."""
     result = rows[0]["results"][0]
     last, trained = result["inner_steps"][-1], rows[0]["train_inner_steps"]
     steps = sorted({1, trained, last})

@@ -94,7 +94,7 @@ def main() -> None:
 
 
 def print_table(rows: list[dict]) -> None:
-    """The README table: the query metric after 1 and the last inner step, for every K."""
+    """docs/algorithms.md's table: the query metric after 1 and the last step, every K."""
     first = rows[0]["results"]
     last = first[0]["inner_steps"][-1]
     columns = [(r["shots"], s) for r in first for s in (1, last)]

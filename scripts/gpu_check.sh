@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One pass of GPU checks for a lent accelerator machine, under 8 minutes in all; each part
 # has its own time limit (a failing part does not stop the others):
-#   1. scripts/benchmark.py, every standard setting (README "Benchmarks"): the sinusoid
+#   1. scripts/benchmark.py, every standard setting (docs/benchmarks.md "Benchmarks"): the sinusoid
 #      paper run into an empty compilation cache and again from it, the Omniglot 5-way
 #      1-shot step and trainer (episodes drawn on the device, then the host feed) at
 #      meta-batch 32/128/512, meta-batch 512 also in vmapped groups of 128

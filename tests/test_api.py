@@ -39,6 +39,7 @@ def test_public_api_is_declared():
         "fomaml",
         "metasgd",
         "anil",
+        "boil",
         "reptile",
         "imaml",
         "mamlpp",

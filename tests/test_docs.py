@@ -1,12 +1,14 @@
-"""The code's pointers into the README resolve: a renamed section breaks this test."""
+"""The pointers into the README and docs/ resolve: a renamed section breaks this test."""
 
 import pathlib
 import re
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-# `README, "Section"`, `README "Section"` and `README's "Section"`, across comment lines.
-SECTION = re.compile(r'README(?:\'s)?,?\s+\(?"([^"]+)"')
+# `README, "Section"`, `README "Section"`, `README's "Section"` and `docs/page.md, "Section"`,
+# across comment lines.
+SECTION = re.compile(r'(README|docs/[\w-]+\.md)(?:\'s)?,?\s+\(?"([^"]+)"')
 TRAP = re.compile(r"README trap (\d+)")
+FENCE = re.compile(r"^```.*?^```", re.S | re.M)
 
 
 def _sources():
@@ -15,17 +17,31 @@ def _sources():
         yield from sorted(p for p in ROOT.glob(pattern) if p != pathlib.Path(__file__).resolve())
     yield from sorted(p for p in (ROOT / "configs").glob("*.py"))
     yield from sorted(p for p in (ROOT / "launch").iterdir() if p.is_file())
+    yield ROOT / "README.md"
+    yield from sorted((ROOT / "docs").glob("*.md"))
 
 
 def _joined(path):
-    """The file's text with each line break (and a comment's `#`) read as one space."""
-    return re.sub(r"\s*\n\s*(?:#\s*)?", " ", path.read_text())
+    """The file's text with each line break (and a comment's `#`) read as one space.
+
+    Markdown pages lose their code blocks first: a command's comment is not a pointer.
+    """
+    text = path.read_text()
+    if path.suffix == ".md":
+        text = FENCE.sub("", text)
+    return re.sub(r"\s*\n\s*(?:#\s*)?", " ", text)
 
 
-def test_every_readme_section_and_trap_the_code_names_exists():
+def _headings(page: pathlib.Path) -> list[str]:
+    prose = FENCE.sub("", page.read_text())
+    return [line.lstrip("#").strip().lower() for line in prose.splitlines() if line[:1] == "#"]
+
+
+def test_every_section_and_trap_the_code_and_docs_name_exists():
     readme = (ROOT / "README.md").read_text()
-    prose = re.sub(r"^```.*?^```", "", readme, flags=re.S | re.M)  # not code blocks' comments
-    headings = [line.lstrip("#").strip().lower() for line in prose.splitlines() if line[:1] == "#"]
+    pages = {"README": ROOT / "README.md"}
+    pages.update({f"docs/{p.name}": p for p in (ROOT / "docs").glob("*.md")})
+    headings = {name: _headings(page) for name, page in pages.items()}
     traps = readme[readme.index("## Traps found on this stack") :]
     traps = traps[: traps.index("\n## ")]
     num_traps = len(re.findall(r"^\d+\. ", traps, re.M))
@@ -35,15 +51,24 @@ def test_every_readme_section_and_trap_the_code_names_exists():
         text = _joined(path)
         for match in SECTION.finditer(text):
             found += 1
-            name = match.group(1).lower()
-            if not any(heading.startswith(name) for heading in headings):
-                broken.append(f"{path.relative_to(ROOT)}: README section {match.group(1)!r}")
+            page, name = match.group(1), match.group(2).lower()
+            if not any(heading.startswith(name) for heading in headings.get(page, [])):
+                broken.append(f"{path.relative_to(ROOT)}: {page} section {match.group(2)!r}")
         for match in TRAP.finditer(text):
             found += 1
             if not 1 <= int(match.group(1)) <= num_traps:
                 broken.append(f"{path.relative_to(ROOT)}: {match.group(0)} (of {num_traps})")
-    assert found > 20  # the patterns still match how the code cites the README
+    assert found > 40  # the patterns still match how the code cites the README and docs
     assert not broken, "\n".join(broken)
+
+
+def test_every_docs_page_is_linked_from_the_readme_and_every_link_resolves():
+    readme = (ROOT / "README.md").read_text()
+    links = set(re.findall(r"\]\((docs/[\w-]+\.md)\)", readme))
+    pages = {f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md")}
+    assert pages, "docs/ has no pages"
+    assert not pages - links, f"not linked from the README: {sorted(pages - links)}"
+    assert not links - pages, f"linked but missing: {sorted(links - pages)}"
 
 
 def _layout_modules(readme: str) -> set[str]:

@@ -72,7 +72,9 @@ def test_sharded_equals_reference(num_devices, batching, reduction, first_order)
 
 
 @pytest.mark.parametrize("num_devices", [1, 2, 4, 8])
-@pytest.mark.parametrize("algorithm", ["fomaml", "metasgd", "anil", "reptile", "imaml", "mamlpp"])
+@pytest.mark.parametrize(
+    "algorithm", ["fomaml", "metasgd", "anil", "boil", "reptile", "imaml", "mamlpp"]
+)
 def test_every_algorithm_sharded_equals_reference(num_devices, algorithm):
     # Padded (25 tasks) so masking is exercised too; 3 inner steps so that Reptile and
     # iMAML differ from one scaled support gradient.

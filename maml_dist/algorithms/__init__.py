@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from maml_dist.algorithms import anil, imaml, maml, mamlpp, metasgd, reptile
+from maml_dist.algorithms import anil, boil, imaml, maml, mamlpp, metasgd, reptile
 from maml_dist.algorithms.base import (
     Algorithm,
     InnerConfig,
@@ -31,6 +31,7 @@ REGISTRY: dict[str, Callable[..., Algorithm]] = {
     "fomaml": maml.make_first_order,
     "metasgd": metasgd.make,
     "anil": anil.make,
+    "boil": boil.make,
     "reptile": reptile.make,
     "imaml": imaml.make,
     "mamlpp": mamlpp.make,

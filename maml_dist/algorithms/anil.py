@@ -27,16 +27,18 @@ from maml_dist.errors import UserInputError
 from maml_dist.types import HeadSplit, LossFn, Params, QueryFn, TaskBatch
 
 
-def split(params: Params, head: str) -> tuple[Params, Params]:
+def split(params: Params, head: str, algorithm: str = "ANIL") -> tuple[Params, Params]:
     """(body, head) of `params`, whose top-level key `head` names the head.
 
     Raises:
-        UserInputError: if the network has no such entry.
+        UserInputError: if the network has no such entry (naming `algorithm`, which
+            splits it: ANIL adapts the head alone, BOIL everything else).
     """
     if head not in params:
         raise UserInputError(
-            f"ANIL adapts the network's head, but its parameters have no {head!r} entry "
-            f"(top-level entries: {sorted(params)}); name the last layer {head!r}"
+            f"{algorithm} splits the network at its head, but its parameters have no "
+            f"{head!r} entry (top-level entries: {sorted(params)}); name the last layer "
+            f"{head!r}"
         )
     return {k: v for k, v in params.items() if k != head}, params[head]
 

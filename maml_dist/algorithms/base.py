@@ -99,14 +99,15 @@ class InnerConfig:
     Attributes:
         lr: inner SGD step size (alpha); Meta-SGD's initial per-element rate.
         steps: inner steps in meta-training.
-        first_order: drop second-order terms (FOMAML; first-order Meta-SGD and ANIL).
+        first_order: drop second-order terms (FOMAML; first-order Meta-SGD, ANIL, BOIL).
         remat: recompute each inner step in the backward pass (`jax.checkpoint`), so
             memory no longer grows with the activations of every step.
         imaml_lambda: iMAML's proximal strength lambda in lambda/2 |phi - theta|^2.
         cg_steps: iMAML's conjugate-gradient iterations.
         line_search: iMAML's inner steps try rates lr, lr/2, ... (this many) and take the
             first that decreases the proximal objective enough (Armijo); 0: always lr.
-        head: ANIL's adapted subtree: the top-level key of the network's head in `params`.
+        head: the top-level key of the network's head in `params`: the subtree ANIL adapts
+            alone and BOIL leaves alone.
         msl: MAML++'s multi-step loss: the meta-objective weighs the query loss after
             every inner step (`mamlpp.msl_weights`).
         msl_anneal_steps: meta-steps over which the MSL weights move from uniform to the
@@ -118,8 +119,9 @@ class InnerConfig:
         unroll: meta-training inner loops of at most this many steps are traced as
             straight code, longer ones and rematerialised ones as one `lax.scan`
             (`run_steps`); 0 always scans.
-            MAML, first-order MAML, Meta-SGD and ANIL; meta-test adaptation always scans.
-            Measured on CPU (README, "The trainer against a hand-written loop"): the
+            MAML, first-order MAML, Meta-SGD, ANIL and BOIL; meta-test adaptation always
+            scans.
+            Measured on CPU (docs/benchmarks.md, "The trainer against a hand-written loop"): the
             sinusoid step 19% faster unrolled at 1 and 5 steps, the Omniglot conv step
             the same at 1 step and 21% slower at 5, hence 1 by default.
     """

@@ -29,7 +29,7 @@ parameters. The paper's code indexes the query after step j with slot j - 1 and
 normalises every set, queries included, with its batch statistics (`F.batch_norm(...,
 training=True)`), in training and at meta-test: transductive. Here a query's prediction
 does not depend on the other queries. Two other placements of the running statistics were
-measured and dropped (README, "MAML++ ablation"): for every set at meta-test only (15.9%
+measured and dropped (docs/algorithms.md, "MAML++ ablation"): for every set at meta-test only (15.9%
 after 5 steps against MAML's 69.2%: the inner loop meta-learned on batch statistics does
 not adapt on running ones) and for every set in training too (18.7%).
 """
