@@ -45,7 +45,7 @@ def paper_settings(shots: int) -> ml_collections.ConfigDict:
     c.num_steps = 60_000
     c.meta_batch_size = _META_BATCH[shots]
     c.pad_meta_batch = False
-    # The meta-learning algorithm: maml | fomaml | metasgd | anil | reptile | imaml | mamlpp.
+    # The meta-learning algorithm: maml | fomaml | metasgd | anil | boil | reptile | imaml | mamlpp.
     c.algorithm = "maml"
     c.inner_steps = 5
     c.inner_lr = 0.01

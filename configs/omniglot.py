@@ -77,7 +77,7 @@ def get_config(variant: str | None = "5w1s") -> ml_collections.ConfigDict:
     c.num_steps = 60_000
     c.meta_batch_size = meta_batch
     c.pad_meta_batch = False
-    # The meta-learning algorithm: maml | fomaml | metasgd | anil | reptile | imaml | mamlpp.
+    # The meta-learning algorithm: maml | fomaml | metasgd | anil | boil | reptile | imaml | mamlpp.
     c.algorithm = "maml"
     c.inner_steps = inner_steps
     c.inner_lr = inner_lr

@@ -44,7 +44,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.shots = 10
     c.num_query = 10
 
-    # The meta-learning algorithm: maml | fomaml | metasgd | anil | reptile | imaml | mamlpp.
+    # The meta-learning algorithm: maml | fomaml | metasgd | anil | boil | reptile | imaml | mamlpp.
     c.algorithm = "maml"
     c.inner_steps = 1
     c.inner_lr = 0.01

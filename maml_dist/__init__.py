@@ -28,7 +28,7 @@ from maml_dist.tasks.omniglot import OmniglotFamily
 from maml_dist.tasks.sinusoid import Sinusoid
 from maml_dist.types import HeadSplit, TaskBatch
 
-__version__ = "0.10.0"
+__version__ = "0.11.0"
 
 __all__ = [
     "ALGORITHMS",

@@ -54,8 +54,8 @@ def trained(tmp_path_factory):
         (["--config.inner_steps=-1"], "config.inner_steps must be a non-negative integer"),
         (
             ["--config.algorithm=mamll"],
-            "config.algorithm must be one of 'maml', 'fomaml', 'metasgd', 'anil', 'reptile', "
-            "'imaml', 'mamlpp', got 'mamll'",
+            "config.algorithm must be one of 'maml', 'fomaml', 'metasgd', 'anil', 'boil', "
+            "'reptile', 'imaml', 'mamlpp', got 'mamll'",
         ),
         (["--config.imaml_lambda=0"], "config.imaml_lambda must be a positive finite number"),
         (["--config.inner_lr=0.5"], "this workdir holds a run with a different config (inner_lr"),
