@@ -38,6 +38,8 @@ _OFF = {
 }
 VARIANTS = {
     "maml": {"algorithm": "maml", **_OFF},
+    # Not a MAML++ switch: BOIL's body-only inner loop in MAML's setting, for comparison.
+    "boil": {"algorithm": "boil", **_OFF},
     "msl": {"algorithm": "mamlpp", **_OFF, "mamlpp.msl": True},
     "lslr": {"algorithm": "mamlpp", **_OFF, "mamlpp.lslr": True},
     "bn": {"algorithm": "mamlpp", **_OFF, "model.bn_mode": "per_step_running"},
@@ -81,6 +83,7 @@ VARIANTS = {
 }
 LABELS = {
     "maml": "MAML",
+    "boil": "BOIL (the head kept in the inner loop)",
     "msl": "+ multi-step loss",
     "lslr": "+ per-layer per-step rates",
     "bn": "+ per-step batch norm",
