@@ -17,14 +17,9 @@ from __future__ import annotations
 import jax
 
 from maml_dist.algorithms.anil import split
-from maml_dist.algorithms.base import (
-    Algorithm,
-    InnerConfig,
-    loss_query_fn,
-    make_adapt,
-    run_steps,
-)
-from maml_dist.types import LossFn, Params, QueryFn, TaskBatch
+from maml_dist.algorithms.base import Algorithm, InnerConfig, loss_query_fn
+from maml_dist.algorithms.maml import make_with_step
+from maml_dist.types import LossFn, Params, QueryFn
 
 
 def body_step(
@@ -39,17 +34,6 @@ def body_step(
     return {**body, head: head_params}
 
 
-def inner_loop(loss_fn: LossFn, params: Params, x, y, inner: InnerConfig) -> Params:
-    """`inner.steps` body-only steps on (x, y); second order unless `inner.first_order`."""
-    return run_steps(
-        lambda p, _: body_step(loss_fn, p, x, y, inner.lr, inner.head, inner.first_order),
-        params,
-        inner.steps,
-        inner.remat,
-        inner.unroll,
-    )
-
-
 def make(loss_fn: LossFn, inner: InnerConfig, query_fn: QueryFn | None = None) -> Algorithm:
     """BOIL: `inner.steps` SGD steps on the body only; second order unless `first_order`.
 
@@ -59,28 +43,8 @@ def make(loss_fn: LossFn, inner: InnerConfig, query_fn: QueryFn | None = None) -
             entry the inner loop leaves alone.
         query_fn: `(params, x, y) -> (loss, metrics)` on the query set; default the loss.
     """
-    query_fn = query_fn or loss_query_fn(loss_fn)
 
-    def meta_loss(meta_params, task: TaskBatch, step):
-        del step  # BOIL's objective does not change with the meta-step
-        adapted = inner_loop(loss_fn, meta_params["params"], task.support_x, task.support_y, inner)
-        return query_fn(adapted, task.query_x, task.query_y)
+    def step(params, x, y, first_order):
+        return body_step(loss_fn, params, x, y, inner.lr, inner.head, first_order)
 
-    def task_grad(meta_params, task: TaskBatch, step):
-        (loss, metrics), grads = jax.value_and_grad(meta_loss, has_aux=True)(
-            meta_params, task, step
-        )
-        return grads, (loss, metrics)
-
-    def inner_step(meta_params, params, x, y, j):
-        del meta_params, j
-        return body_step(loss_fn, params, x, y, inner.lr, inner.head)
-
-    return Algorithm(
-        "boil",
-        lambda params: {"params": params},
-        task_grad,
-        inner_step,
-        make_adapt(inner_step),
-        meta_loss=meta_loss,
-    )
+    return make_with_step("boil", step, inner, query_fn or loss_query_fn(loss_fn))

@@ -13,6 +13,8 @@ meta-gradient is the query gradient at the adapted parameters.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import jax
 
@@ -38,6 +40,10 @@ def inner_loop(loss_fn: LossFn, params: Params, x, y, inner: InnerConfig) -> Par
     )
 
 
+InnerStep = Callable[[Params, Any, Any, bool], Params]
+"""`step(params, x, y, first_order) -> params`: one inner step on (x, y)."""
+
+
 def make(loss_fn: LossFn, inner: InnerConfig, query_fn: QueryFn | None = None) -> Algorithm:
     """MAML: second order unless `inner.first_order`.
 
@@ -46,24 +52,43 @@ def make(loss_fn: LossFn, inner: InnerConfig, query_fn: QueryFn | None = None) -
         inner: inner-loop settings (`lr`, `steps`, `first_order`, `remat`).
         query_fn: `(params, x, y) -> (loss, metrics)` on the query set; default the loss.
     """
-    query_fn = query_fn or loss_query_fn(loss_fn)
 
-    def meta_loss(meta_params, task: TaskBatch, step):
-        del step  # MAML's objective does not change with the meta-step
-        adapted = inner_loop(loss_fn, meta_params["params"], task.support_x, task.support_y, inner)
+    def step(params, x, y, first_order):
+        return sgd_step(loss_fn, params, x, y, inner.lr, first_order)
+
+    name = "fomaml" if inner.first_order else "maml"
+    return make_with_step(name, step, inner, query_fn or loss_query_fn(loss_fn))
+
+
+def make_with_step(name: str, step: InnerStep, inner: InnerConfig, query_fn: QueryFn) -> Algorithm:
+    """An algorithm that is MAML but for its inner step (BOIL's steps skip the head).
+
+    The meta-objective is the query loss after `inner.steps` of `step` on the support set,
+    differentiated through them (second order unless `inner.first_order`); meta-test steps
+    are `step` without `first_order`.
+    """
+
+    def meta_loss(meta_params, task: TaskBatch, meta_step):
+        del meta_step  # the objective does not change with the meta-step
+        adapted = run_steps(
+            lambda p, _: step(p, task.support_x, task.support_y, inner.first_order),
+            meta_params["params"],
+            inner.steps,
+            inner.remat,
+            inner.unroll,
+        )
         return query_fn(adapted, task.query_x, task.query_y)
 
-    def task_grad(meta_params, task: TaskBatch, step):
+    def task_grad(meta_params, task: TaskBatch, meta_step):
         (loss, metrics), grads = jax.value_and_grad(meta_loss, has_aux=True)(
-            meta_params, task, step
+            meta_params, task, meta_step
         )
         return grads, (loss, metrics)
 
     def inner_step(meta_params, params, x, y, j):
         del meta_params, j
-        return sgd_step(loss_fn, params, x, y, inner.lr)
+        return step(params, x, y, False)
 
-    name = "fomaml" if inner.first_order else "maml"
     return Algorithm(
         name,
         lambda params: {"params": params},
