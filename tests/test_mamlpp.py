@@ -336,8 +336,9 @@ def test_maml_with_per_step_batch_norm_is_mamlpp_with_its_switches_off():
     chex.assert_trees_all_equal(
         plain.task_grad(plain.init(params), task, 0), off.task_grad(off.init(params), task, 0)
     )
-    with pytest.raises(UserInputError, match="cannot carry per-step batch-norm state"):
-        algorithms.make_algorithm("anil", loss_fn, inner, query_fn, None, step_net)
+    for name in ("anil", "boil"):
+        with pytest.raises(UserInputError, match="cannot carry per-step batch-norm state"):
+            algorithms.make_algorithm(name, loss_fn, inner, query_fn, None, step_net)
 
 
 _SWITCH_STEPS = (4, 7, 25)  # first order, second order, then past the MSL annealing

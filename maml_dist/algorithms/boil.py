@@ -10,6 +10,10 @@ Where ANIL reuses the body's features, BOIL must change them: the head cannot mo
 task is fitted by moving its images' features towards the fixed class directions. An
 inner step costs what MAML's does (the whole network forward and back), less the head's
 update.
+
+The reference code trains and tests with one inner step; any number works here. Its
+options beyond the body-only loop (a head frozen in the outer loop too, an orthogonal or
+centred head, a ResNet-12 whose last block drops the residual) are not offered.
 """
 
 from __future__ import annotations
