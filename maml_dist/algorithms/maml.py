@@ -28,11 +28,14 @@ from maml_dist.algorithms.base import (
 )
 from maml_dist.types import LossFn, Params, QueryFn, TaskBatch
 
+InnerStep = Callable[[Params, Any, Any, bool], Params]
+"""`step(params, x, y, first_order) -> params`: one inner step on (x, y)."""
 
-def inner_loop(loss_fn: LossFn, params: Params, x, y, inner: InnerConfig) -> Params:
-    """`inner.steps` SGD steps on (x, y), differentiable (second order unless first_order)."""
+
+def steps_of(step: InnerStep, params: Params, x, y, inner: InnerConfig) -> Params:
+    """`inner.steps` of `step` on (x, y), differentiable (second order unless first_order)."""
     return run_steps(
-        lambda p, _: sgd_step(loss_fn, p, x, y, inner.lr, inner.first_order),
+        lambda p, _: step(p, x, y, inner.first_order),
         params,
         inner.steps,
         inner.remat,
@@ -40,8 +43,14 @@ def inner_loop(loss_fn: LossFn, params: Params, x, y, inner: InnerConfig) -> Par
     )
 
 
-InnerStep = Callable[[Params, Any, Any, bool], Params]
-"""`step(params, x, y, first_order) -> params`: one inner step on (x, y)."""
+def sgd(loss_fn: LossFn, lr) -> InnerStep:
+    """MAML's inner step: plain SGD on `loss_fn` at rate `lr`."""
+    return lambda params, x, y, first_order: sgd_step(loss_fn, params, x, y, lr, first_order)
+
+
+def inner_loop(loss_fn: LossFn, params: Params, x, y, inner: InnerConfig) -> Params:
+    """MAML's inner loop: `inner.steps` SGD steps on (x, y) at rate `inner.lr`."""
+    return steps_of(sgd(loss_fn, inner.lr), params, x, y, inner)
 
 
 def make(loss_fn: LossFn, inner: InnerConfig, query_fn: QueryFn | None = None) -> Algorithm:
@@ -52,12 +61,8 @@ def make(loss_fn: LossFn, inner: InnerConfig, query_fn: QueryFn | None = None) -
         inner: inner-loop settings (`lr`, `steps`, `first_order`, `remat`).
         query_fn: `(params, x, y) -> (loss, metrics)` on the query set; default the loss.
     """
-
-    def step(params, x, y, first_order):
-        return sgd_step(loss_fn, params, x, y, inner.lr, first_order)
-
     name = "fomaml" if inner.first_order else "maml"
-    return make_with_step(name, step, inner, query_fn or loss_query_fn(loss_fn))
+    return make_with_step(name, sgd(loss_fn, inner.lr), inner, query_fn or loss_query_fn(loss_fn))
 
 
 def make_with_step(name: str, step: InnerStep, inner: InnerConfig, query_fn: QueryFn) -> Algorithm:
@@ -70,13 +75,7 @@ def make_with_step(name: str, step: InnerStep, inner: InnerConfig, query_fn: Que
 
     def meta_loss(meta_params, task: TaskBatch, meta_step):
         del meta_step  # the objective does not change with the meta-step
-        adapted = run_steps(
-            lambda p, _: step(p, task.support_x, task.support_y, inner.first_order),
-            meta_params["params"],
-            inner.steps,
-            inner.remat,
-            inner.unroll,
-        )
+        adapted = steps_of(step, meta_params["params"], task.support_x, task.support_y, inner)
         return query_fn(adapted, task.query_x, task.query_y)
 
     def task_grad(meta_params, task: TaskBatch, meta_step):
